@@ -1,0 +1,39 @@
+# All set-up happens here: `make demo` and `make test` create ./.venv and install cvmtl into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv test test-all demo lint format clean
+
+$(VENV)/.installed: setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m ruff check cvmtl tools tests
+	$(PY) -m ruff format --check cvmtl tools tests
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-all: venv
+	$(PY) -m pytest -m "not gpu" -q
+
+demo: venv
+	$(PY) tools/demo.py --config configs/synthetic_demo.yaml
+
+lint: venv
+	$(PY) -m ruff check cvmtl tools tests
+	$(PY) -m ruff format --check cvmtl tools tests
+
+format: venv
+	$(PY) -m ruff format cvmtl tools tests
+	$(PY) -m ruff check --fix cvmtl tools tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,24 @@
+"""cvmtl: multi-task dense prediction (segmentation, depth, surface normals) on timm backbones."""
+
+from cvmtl.config import Config, ConfigError, load_config
+
+__version__ = "0.1.0"
+
+__all__ = ["Config", "ConfigError", "__version__", "build_balancer", "build_model", "load_config"]
+
+
+def __getattr__(name: str):
+    # Lazy imports keep `import cvmtl` light (no timm / albumentations until they are needed).
+    if name == "build_model":
+        from cvmtl.models.build import build_model
+
+        return build_model
+    if name == "build_balancer":
+        from cvmtl.balancers import build_balancer
+
+        return build_balancer
+    if name == "Predictor":
+        from cvmtl.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'cvmtl' has no attribute {name!r}")

@@ -1,0 +1,138 @@
+"""Base classes of the balancer contract (see docs/architecture.md).
+
+A *loss-level* balancer is an ``nn.Module`` mapping the task losses to one differentiable scalar;
+its parameters (if any) go into the optimizer. A *gradient-level* balancer combines per-task
+gradients ``grads [T, D]`` into one shared update ``[D]`` plus the weights ``[T]`` it used.
+
+Tasks without a label in a batch are left out of that step: the machinery passes only the rows
+of the tasks present and ``active``, their indices into ``self.tasks``. Stateful methods index
+their state with ``self.active`` so that absent tasks' state stays untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class LossBalancer(nn.Module):
+    """Loss-level balancer: ``total = balancer(losses)``."""
+
+    kind = "loss"
+
+    def __init__(self, tasks: Sequence[str]) -> None:
+        super().__init__()
+        self.tasks = list(tasks)
+        self._last = {t: 1.0 for t in self.tasks}
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The weights used in the last call, for logging (absent tasks: 0)."""
+        return dict(self._last)
+
+    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def after_step(self, losses: dict[str, torch.Tensor]) -> None:
+        """Called after each optimizer step with the detached task losses."""
+
+    def epoch_end(self) -> None:
+        """Called at the end of each training epoch."""
+
+
+class GradientBalancer:
+    """Gradient-level balancer: ``shared_grad, weights = balancer.combine(grads, losses)``."""
+
+    kind = "gradient"
+    #: True when the method depends on the gradients only through their inner products; such a
+    #: method implements ``_weights_from_gram`` and is exact under DDP in ``features`` mode.
+    uses_gram = True
+    #: True when the method needs the raw per-task vectors even in ``features`` mode.
+    needs_raw = False
+
+    def __init__(self, tasks: Sequence[str]) -> None:
+        self.tasks = list(tasks)
+        self.active: list[int] = list(range(len(self.tasks)))
+        self._last_weights: torch.Tensor | None = None
+        self._last_active: list[int] = list(self.active)
+
+    # -- public API --------------------------------------------------------------------------
+    @property
+    def weights(self) -> dict[str, float]:
+        """The weights used in the last step, for logging (absent tasks: 0).
+
+        Read lazily: converting to Python floats syncs with the device, so the hot loop only
+        stores the tensor and the logger pays for the sync at its own interval.
+        """
+        if self._last_weights is None:
+            return {t: 1.0 for t in self.tasks}
+        out = {t: 0.0 for t in self.tasks}
+        for i, w in zip(self._last_active, self._last_weights.float().cpu().tolist()):
+            out[self.tasks[i]] = w
+        return out
+
+    def combine(
+        self,
+        grads: torch.Tensor,
+        losses: torch.Tensor,
+        active: Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Combine ``grads [T, D]`` (rows of the ``active`` tasks) into ``([D], weights [T])``."""
+        self._set_active(active, grads.shape[0])
+        shared, weights = self._combine(grads.float(), losses.detach().float())
+        self._record(weights)
+        return shared, weights
+
+    def weights_from_gram(
+        self,
+        gram: torch.Tensor,
+        losses: torch.Tensor,
+        active: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Weights ``[T]`` from the Gram matrix ``[T, T]``; the update is ``weights @ grads``."""
+        if not self.uses_gram:
+            raise NotImplementedError(f"{type(self).__name__} needs the raw gradients")
+        self._set_active(active, gram.shape[0])
+        weights = self._weights_from_gram(gram.double(), losses.detach().double()).float()
+        self._record(weights)
+        return weights
+
+    def after_step(self, losses: torch.Tensor) -> None:
+        """Called after each optimizer step with the detached task losses ``[T]``."""
+
+    def epoch_end(self) -> None:
+        """Called at the end of each training epoch."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def parameters(self):  # gradient methods have no optimizer parameters
+        return iter(())
+
+    # -- for subclasses -----------------------------------------------------------------------
+    def _combine(
+        self, grads: torch.Tensor, losses: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Default: the Gram-based weights applied to the rows."""
+        weights = self._weights_from_gram(grads.double() @ grads.double().T, losses.double())
+        weights = weights.to(grads.dtype)
+        return weights @ grads, weights
+
+    def _weights_from_gram(
+        self, gram: torch.Tensor, losses: torch.Tensor
+    ) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _set_active(self, active: Sequence[int] | None, rows: int) -> None:
+        self.active = list(range(len(self.tasks))) if active is None else list(active)
+        if len(self.active) != rows:
+            raise ValueError(f"{rows} gradient rows for {len(self.active)} active tasks")
+
+    def _record(self, weights: torch.Tensor) -> None:
+        self._last_weights = weights.detach()
+        self._last_active = list(self.active)

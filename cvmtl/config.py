@@ -1,0 +1,329 @@
+"""Typed run configuration: dataclass defaults <- YAML file <- ``a.b=value`` overrides.
+
+Every key is declared here with its type; an unknown key, a value of the wrong type or a value
+outside its allowed set raises :class:`ConfigError` naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message is one line naming the key."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"
+    format: str = "cvmtl"
+    num_classes: int = 13
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    val_fraction: float = 0.0
+    crop: list[int] = field(default_factory=lambda: [240, 320])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    num_workers: int = 2
+    skip_bad: bool = False
+    # train augmentation: random scale in [lo, hi] then crop; flip; photometric jitter strength
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.5])
+    hflip: bool = True
+    color_jitter: float = 0.2
+    eval_batch_size: int = 0  # 0 = train.batch_size
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    pretrained_file: str | None = None
+    init_from: str | None = None
+    sharing: str = "hard"
+    soft_weight: float = 1.0e-4
+    neck_channels: int = 128
+    head_channels: int = 64
+    norm: str = "bn"
+    max_depth: float = 10.0
+    drop_path: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    balancer: str = "fixed"
+    balancer_args: dict[str, Any] = field(default_factory=dict)
+    grad_source: str = "features"
+    depth: str = "l1"
+    normal: str = "cosine"
+    seg_label_smoothing: float = 0.0
+    seg_class_weights: list[float] | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 8
+    lr: float = 1.0e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 1.0e-4
+    momentum: float = 0.9
+    backbone_lr_mult: float = 1.0
+    scheduler: str = "cosine"
+    warmup_steps: int = 0
+    amp: str = "bf16"
+    channels_last: bool = True
+    compile: bool = False
+    grad_clip: float = 0.0
+    accumulate: int = 1
+    ema: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    eval_every: int = 1
+    save_every: int = 0
+    best_metric: str = "delta_m"
+    log_every: int = 10
+    max_bad_steps: int = 10
+    num_vis: int = 4
+
+
+@dataclass
+class EvalConfig:
+    min_depth: float = 0.001
+    max_depth: float = 10.0
+    tta: bool = False
+    scales: list[float] = field(default_factory=lambda: [1.0])
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 0
+    tasks: list[str] = field(default_factory=list)
+    freeze: str = "backbone"
+    lr: float | None = None
+
+
+@dataclass
+class Config:
+    name: str = "synthetic_demo"
+    tasks: list[str] = field(default_factory=lambda: ["seg", "depth", "normal"])
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# Keys whose value must be one of a fixed set.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("cvmtl", "nyuv2_npy", "nyud_mt"),
+    "model.sharing": ("hard", "soft"),
+    "model.norm": ("bn", "gn", "syncbn"),
+    "loss.grad_source": ("features", "params"),
+    "loss.depth": ("l1", "silog", "berhu", "log_l1"),
+    "loss.normal": ("cosine", "l1"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.scheduler": ("cosine", "poly", "step", "none"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "finetune.freeze": ("backbone", "neck", "none"),
+}
+KNOWN_TASKS = ("seg", "depth", "normal")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Write ``values`` (a nested dict) into the dataclass ``obj``, checking every key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"unknown config key '{full}' (known keys here: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(full, value, hints[key]))
+
+
+def validate(cfg: Config) -> Config:
+    """Check values beyond their types (choices, ranges, task names)."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {'|'.join(allowed)}, got {value!r}")
+    if not cfg.tasks:
+        raise ConfigError("tasks: expected at least one task")
+    for task in list(cfg.tasks) + list(cfg.finetune.tasks):
+        if task not in KNOWN_TASKS:
+            raise ConfigError(f"tasks: unknown task {task!r} (available: {', '.join(KNOWN_TASKS)})")
+    if len(set(cfg.tasks)) != len(cfg.tasks):
+        raise ConfigError(f"tasks: duplicate task in {cfg.tasks}")
+    checks = [
+        ("data.crop", len(cfg.data.crop) == 2 and min(cfg.data.crop) > 0, "[height, width] > 0"),
+        ("data.mean", len(cfg.data.mean) == 3, "3 values"),
+        ("data.std", len(cfg.data.std) == 3 and min(cfg.data.std) > 0, "3 positive values"),
+        ("data.val_fraction", 0.0 <= cfg.data.val_fraction < 1.0, "a fraction in [0, 1)"),
+        ("data.num_classes", cfg.data.num_classes > 0, "a positive integer"),
+        ("data.num_workers", cfg.data.num_workers >= 0, "an integer >= 0"),
+        (
+            "data.scale_range",
+            len(cfg.data.scale_range) == 2 and 0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1],
+            "[lo, hi] with 0 < lo <= hi",
+        ),
+        ("model.max_depth", cfg.model.max_depth > 0, "a positive number of metres"),
+        ("model.neck_channels", cfg.model.neck_channels > 0, "a positive integer"),
+        ("train.batch_size", cfg.train.batch_size > 0, "a positive integer"),
+        ("train.epochs", cfg.train.epochs >= 0, "an integer >= 0"),
+        ("train.max_steps", cfg.train.max_steps is None or cfg.train.max_steps > 0, "null or > 0"),
+        ("train.lr", cfg.train.lr > 0, "a positive number"),
+        ("train.accumulate", cfg.train.accumulate >= 1, "an integer >= 1"),
+        ("train.ema", 0.0 <= cfg.train.ema < 1.0, "a decay in [0, 1)"),
+        ("train.eval_every", cfg.train.eval_every >= 0, "an integer >= 0 (0 = never)"),
+        ("train.grad_clip", cfg.train.grad_clip >= 0, "a number >= 0 (0 = off)"),
+        ("train.max_bad_steps", cfg.train.max_bad_steps >= 1, "an integer >= 1"),
+        ("eval.min_depth", 0 <= cfg.eval.min_depth < cfg.eval.max_depth, "0 <= min < max_depth"),
+        ("eval.scales", len(cfg.eval.scales) > 0 and min(cfg.eval.scales) > 0, "positive scales"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    best = cfg.train.best_metric
+    if best != "delta_m" and "/" not in best:
+        raise ConfigError(f"train.best_metric: expected 'delta_m' or 'task/metric', got {best!r}")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'a.b=value'`` -> (['a', 'b'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=1e-3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({err})") from None
+    # YAML reads "1e-3" as a string; accept it as a number, as a user would expect.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    cfg = Config()
+    _merge(cfg, values)
+    return validate(cfg)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Dataclass defaults <- YAML at ``path`` <- ``key=value`` overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+        _merge(cfg, values)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        _merge(cfg, nested)
+    return validate(cfg)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+EXPORT = ["onnx>=1.16", "onnxscript", "onnxruntime>=1.18"]
+
+setup(
+    name="cvmtl",
+    version="0.1.0",
+    description="Multi-task dense prediction (segmentation, depth, normals) on timm backbones",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["cvmtl", "cvmtl.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "timm>=1.0",
+        "albumentations>=2.0",
+        "opencv-python-headless>=4.8",
+        "numpy",
+        "PyYAML",
+        "h5py",
+        "scipy",
+        "tensorboard",
+        "tqdm",
+        "matplotlib",
+        "safetensors",
+        "pillow",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "ruff"] + EXPORT,
+        "export": EXPORT,
+    },
+    entry_points={"console_scripts": ["cvmtl=cvmtl.cli:main"]},
+)
