@@ -29,6 +29,7 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     val_fraction: float = 0.0
+    split_seed: int = 0  # seed of the val_fraction carve (fixed across train.seed: same val ids)
     crop: list[int] = field(default_factory=lambda: [240, 320])
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])

@@ -1,0 +1,20 @@
+"""Models: timm backbone -> FPN -> task heads; :func:`build_model` builds them from a config."""
+
+from cvmtl.models.backbone import TimmBackbone
+from cvmtl.models.build import build_model, load_matching
+from cvmtl.models.heads import DepthHead, NormalHead, SegHead, build_head
+from cvmtl.models.multitask import MultiTaskModel, SoftSharingModel
+from cvmtl.models.neck import FPN
+
+__all__ = [
+    "FPN",
+    "DepthHead",
+    "MultiTaskModel",
+    "NormalHead",
+    "SegHead",
+    "SoftSharingModel",
+    "TimmBackbone",
+    "build_head",
+    "build_model",
+    "load_matching",
+]

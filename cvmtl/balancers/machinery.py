@@ -1,0 +1,195 @@
+"""Per-task gradients for gradient-level balancers, exact under DDP without the DDP wrapper.
+
+Why no ``DistributedDataParallel``: its hooks all-reduce on every backward, and the per-task
+machinery runs T backward passes (plus one through the backbone) per step. Instead every loss is
+a *global* mean (see :mod:`cvmtl.losses`), so each rank's gradient is its share of the global
+gradient and one SUM all-reduce after backward gives exactly the single-process gradient. The
+pieces that a balancer must see before combining are reduced earlier: the ``T x T`` Gram matrix in
+``features`` mode (feature coordinates of different samples are disjoint, so the global Gram is
+the sum of the local ones) and the per-task gradient matrix in ``params`` mode.
+
+All gradients are accumulated into ``.grad`` multiplied by ``mult`` (the GradScaler scale over the
+accumulation steps); the matrices handed to balancers are divided by it again (the scale is a
+power of two, so this is exact), so balancers always see true per-task gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from cvmtl.balancers.base import GradientBalancer
+from cvmtl.engine.distributed import all_reduce_sum, is_dist
+
+
+def check_balancer(balancer, cfg, distributed: bool | None = None) -> None:
+    """Raise ValueError for a balancer / model / grad-source combination that cannot be exact."""
+    if getattr(balancer, "kind", None) != "gradient":
+        return
+    distributed = is_dist() if distributed is None else distributed
+    name = type(balancer).__name__
+    if cfg.model.sharing == "soft":
+        raise ValueError(
+            f"{name} is a gradient-level balancer and needs something shared: "
+            "model.sharing=soft has none (use model.sharing=hard or a loss-level balancer)"
+        )
+    if distributed and cfg.loss.grad_source == "features" and not balancer.uses_gram:
+        raise ValueError(
+            f"{name} needs the raw per-task gradients, which are split across ranks in "
+            "loss.grad_source=features under DDP, so it cannot be exact there: "
+            "use loss.grad_source=params or a single process"
+        )
+
+
+def all_reduce_coalesced(tensors: Sequence[torch.Tensor]) -> None:
+    """SUM-all-reduce ``tensors`` in place with one call per dtype (a no-op without DDP)."""
+    if not is_dist() or not tensors:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = all_reduce_sum(torch.cat([t.reshape(-1) for t in group]))
+        for t, part in zip(group, flat.split([t.numel() for t in group])):
+            t.copy_(part.view_as(t))
+
+
+def accumulate_grad(param: nn.Parameter, grad: torch.Tensor | None) -> None:
+    if grad is None:
+        return
+    if param.grad is None:
+        param.grad = grad.detach().clone()
+    else:
+        param.grad.add_(grad)
+
+
+def poison_grads(params: Iterable[nn.Parameter]) -> None:
+    """Make the step's gradient non-finite, so that the usual checks (ours, GradScaler's) skip it.
+
+    Used when a per-task gradient is non-finite before it reaches the balancer: GradScaler then
+    backs off its scale and resets its growth tracker exactly as for any overflow.
+    """
+    for p in params:
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad.fill_(float("nan"))
+            return
+
+
+def _trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    return [p for p in params if p.requires_grad]
+
+
+def features_forward(
+    model: nn.Module, image: torch.Tensor, autocast
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """``(z, zd, preds)``: the shared representation, its detached float32 leaf, and the heads'
+    predictions computed from the leaf (so per-task backward passes stop at ``zd``)."""
+    with autocast:
+        z = model.forward_features(image)
+    # float32 leaf: the per-task gradients, their Gram and the combination are in float32.
+    zd = z.detach().float().requires_grad_()
+    with autocast:
+        preds = model.forward_heads(zd, tuple(image.shape[-2:]))
+    return z, zd, preds
+
+
+def features_task_grads(
+    model: nn.Module,
+    zd: torch.Tensor,
+    losses: dict[str, torch.Tensor],
+    tasks: Sequence[str],
+    mult: torch.Tensor,
+) -> tuple[list[int], torch.Tensor]:
+    """One backward per present task down to ``zd``: ``(active, G [T_active, D])``.
+
+    ``G`` holds the float32 gradients of the task losses w.r.t. the flattened features. Each
+    head's parameters receive their own task's gradient only (times ``mult``), in ``.grad``.
+    """
+    active = [i for i, t in enumerate(tasks) if t in losses]
+    rows = []
+    for k, i in enumerate(active):
+        task = tasks[i]
+        inputs = [zd, *_trainable(model.task_parameters(task))]
+        torch.autograd.backward(
+            losses[task] * mult, inputs=inputs, retain_graph=k < len(active) - 1
+        )
+        rows.append(zd.grad.reshape(-1) / mult)
+        zd.grad = None
+    return active, torch.stack(rows)
+
+
+def params_task_grads(
+    model: nn.Module,
+    losses: dict[str, torch.Tensor],
+    tasks: Sequence[str],
+    mult: torch.Tensor,
+) -> tuple[list[int], list[nn.Parameter], torch.Tensor]:
+    """Per-task gradients w.r.t. ``model.shared_parameters()`` as ``G [T_active, P]`` (float32).
+
+    One ``autograd.grad`` per task over the shared parameters and that task's own parameters;
+    the latter are accumulated into ``.grad`` (times ``mult``), the former returned unscaled.
+    """
+    shared = _trainable(model.shared_parameters())
+    active = [i for i, t in enumerate(tasks) if t in losses]
+    rows = []
+    for k, i in enumerate(active):
+        own = _trainable(model.task_parameters(tasks[i]))
+        grads = torch.autograd.grad(
+            losses[tasks[i]] * mult,
+            shared + own,
+            retain_graph=k < len(active) - 1,
+            allow_unused=True,
+        )
+        for p, g in zip(own, grads[len(shared) :]):
+            accumulate_grad(p, g)
+        flat = [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1).float()
+            for p, g in zip(shared, grads[: len(shared)])
+        ]
+        rows.append(torch.cat(flat) / mult)
+    return active, shared, torch.stack(rows)
+
+
+def feature_gram(grads: torch.Tensor) -> torch.Tensor:
+    """The float64 Gram matrix ``G G^T``, summed over ranks under DDP (the global Gram)."""
+    gram = grads.double() @ grads.double().T
+    return all_reduce_sum(gram)
+
+
+def combine_features(
+    balancer: GradientBalancer,
+    grads: torch.Tensor,
+    gram: torch.Tensor,
+    losses: torch.Tensor,
+    active: list[int],
+) -> torch.Tensor:
+    """The combined feature gradient ``[D]`` of this rank.
+
+    Under DDP only the Gram is global, so the weights come from ``weights_from_gram`` and apply
+    to the local rows; a single process uses ``combine`` on the raw rows (methods that need them
+    are refused under DDP by :func:`check_balancer`).
+    """
+    if is_dist():
+        weights = balancer.weights_from_gram(gram, losses, active)
+        return weights.to(grads.dtype) @ grads
+    combined, _ = balancer.combine(grads, losses, active)
+    return combined
+
+
+def nonfinite(values: torch.Tensor) -> list[int]:
+    """Indices ``i`` where ``values[i]`` (a vector, or the rows of a matrix) is not finite."""
+    ok = torch.isfinite(values) if values.dim() == 1 else torch.isfinite(values).all(dim=1)
+    return [i for i, good in enumerate(ok.tolist()) if not good]
+
+
+def write_shared_grad(params: Sequence[nn.Parameter], vector: torch.Tensor) -> None:
+    """Add the flat ``vector`` into the ``.grad`` of ``params`` (in order)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        accumulate_grad(p, vector[offset : offset + n].view_as(p).to(p.dtype))
+        offset += n

@@ -1,0 +1,174 @@
+"""Small torch solvers for the gradient balancers (all on the Gram matrix's device, no sync).
+
+The problems live in T dimensions (T = number of tasks, a handful), so the exact solvers enumerate
+the 2^T candidate supports / active sets at once as one batched ``linalg.solve``: no data-dependent
+branches, no ``.item()``, no CPU round trip, and the answer is exact (up to a 1e-12 ridge) rather
+than an iterate. The enumeration is capped at ``MAX_ENUM_TASKS`` tasks.
+
+- ``min_norm_simplex``: MGDA's min-norm point of the convex hull (Sener & Koltun, NeurIPS 2018);
+  Frank-Wolfe beyond the cap.
+- ``cagrad_dual``: CAGrad's dual over the simplex (Liu et al., NeurIPS 2021).
+- ``min_quad_lower``: ``min_w w^T G w  s.t.  w >= u`` per row of ``u`` (UPGrad's projection onto
+  the dual cone, Quinton & Layer 2024).
+- ``nash_newton``: the Nash bargaining solution ``G a = 1/a`` (Navon et al., ICML 2022) by damped
+  Newton on the self-concordant potential ``a^T G a / 2 - sum(log a)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_ENUM_TASKS = 12
+_RIDGE = 1e-12
+
+
+def subset_masks(n: int, device: torch.device, empty: bool = False) -> torch.Tensor:
+    """``[S, n]`` float64 0/1 masks of the non-empty subsets of ``range(n)``, largest first.
+
+    Largest first so that ties (e.g. identical gradients) resolve to the full support.
+    """
+    codes = torch.arange(0 if empty else 1, 2**n, device=device)
+    bits = ((codes[:, None] >> torch.arange(n, device=device)) & 1).to(torch.float64)
+    return bits[bits.sum(1).argsort(descending=True, stable=True)]
+
+
+def _ridge(gram: torch.Tensor) -> torch.Tensor:
+    # Relative to the mean squared gradient norm; keeps singular faces solvable (identical rows).
+    return _RIDGE * gram.diagonal().mean().clamp_min(1e-300)
+
+
+def _masked_solve(gram: torch.Tensor, masks: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve ``G_SS x_S = rhs_S`` for each support ``S`` (rows of ``masks``); ``x = rhs`` off S."""
+    eye = torch.diag_embed(1.0 - masks)
+    a = gram * (masks[..., :, None] * masks[..., None, :]) + eye
+    a = a + torch.diag_embed(masks) * _ridge(gram)
+    # solve_ex without error checks: checking would sync with the device; a singular system
+    # yields non-finite candidates, which the callers discard.
+    return torch.linalg.solve_ex(a, rhs.unsqueeze(-1), check_errors=False)[0].squeeze(-1)
+
+
+def _pick(w: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
+    # index_select with a tensor index: ``w[obj.argmin()]`` would turn the index into a Python
+    # int, a device sync.
+    return w.index_select(0, obj.argmin().reshape(1))[0]
+
+
+def _quad(w: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("...i,ij,...j->...", w, gram, w)
+
+
+def min_norm_simplex(gram: torch.Tensor, fw_iters: int = 250) -> torch.Tensor:
+    """``argmin_{w in simplex} w^T G w`` for a PSD ``gram [T, T]`` (float64)."""
+    n = gram.shape[0]
+    if n == 1:
+        return gram.new_ones(1)
+    if n > MAX_ENUM_TASKS:
+        return _frank_wolfe(gram, fw_iters)
+    masks = subset_masks(n, gram.device)
+    u = _masked_solve(gram, masks, masks)  # G_S^{-1} 1_S
+    s = u.sum(-1, keepdim=True)
+    w = u / s  # the minimiser on the affine hull of the face
+    ok = (s.squeeze(-1) > 0) & (w >= -1e-9).all(-1)
+    w = w.clamp_min(0)
+    w = w / w.sum(-1, keepdim=True)
+    # Every feasible candidate is a point of the simplex and the optimum's own face yields the
+    # optimum, so the feasible candidate of least value is the answer.
+    obj = _quad(w, gram)
+    obj = torch.where(ok & obj.isfinite(), obj, torch.full_like(obj, float("inf")))
+    return _pick(w, obj)
+
+
+def _frank_wolfe(gram: torch.Tensor, iters: int) -> torch.Tensor:
+    """Frank-Wolfe with exact line search (MGDA-UB's solver) for many tasks."""
+    n = gram.shape[0]
+    w = gram.new_full((n,), 1.0 / n)
+    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    for _ in range(iters):
+        gw = gram @ w
+        v = eye.index_select(0, gw.argmin().reshape(1))[0]
+        d = v - w
+        den = _quad(d, gram).clamp_min(1e-300)
+        gamma = (-(d @ gw) / den).clamp(0.0, 1.0)
+        w = w + gamma * d
+    return w
+
+
+def cagrad_dual(gram: torch.Tensor, c: float) -> torch.Tensor:
+    """CAGrad's dual ``argmin_{w in simplex} w^T G b + c ||g0|| sqrt(w^T G w)``, ``b = 1/T``.
+
+    On a face ``S`` with ``Q = G_SS``, ``p = (G b)_S``, ``k = c ||g0||``, stationarity reads
+    ``p + k Q w / r = mu 1`` with ``r = ||g_w||``; with ``z = k w / r``:
+    ``z = mu Q^-1 1 - Q^-1 p`` and ``z^T Q z = k^2`` is a quadratic in ``mu`` (take the root with
+    ``sum(z) > 0``), then ``w = z / sum(z)``.
+    Singletons are vertices (always candidates); the feasible candidate of least value wins.
+    """
+    n = gram.shape[0]
+    if n == 1:
+        return gram.new_ones(1)
+    if n > MAX_ENUM_TASKS:
+        raise ValueError(f"cagrad: at most {MAX_ENUM_TASKS} tasks, got {n}")
+    b = gram.new_full((n,), 1.0 / n)
+    gb = gram @ b
+    k = c * _quad(b, gram).clamp_min(0).sqrt()
+    masks = subset_masks(n, gram.device)
+    u = _masked_solve(gram, masks, masks)
+    v = _masked_solve(gram, masks, masks * gb)
+    a1, b1 = u.sum(-1), v.sum(-1)
+    disc = b1**2 - a1 * ((v * gb * masks).sum(-1) - k**2)
+    mu = (b1 + disc.clamp_min(0).sqrt()) / a1
+    z = mu[:, None] * u - v
+    w = z / z.sum(-1, keepdim=True)
+    single = masks.sum(-1) == 1
+    w = torch.where(single[:, None], masks, w)
+    ok = single | ((disc > 0) & (w >= -1e-9).all(-1))
+    w = torch.nan_to_num(w.clamp_min(0))
+    w = w / w.sum(-1, keepdim=True).clamp_min(1e-300)
+    obj = w @ gb + k * (_quad(w, gram).clamp_min(0) + 1e-20).sqrt()
+    obj = torch.where(ok & obj.isfinite(), obj, torch.full_like(obj, float("inf")))
+    return _pick(w, obj)
+
+
+def min_quad_lower(gram: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """``W[r] = argmin_{w >= lower[r]} w^T G w`` for each row of ``lower [R, T]``.
+
+    Active-set enumeration: for a free set ``F`` the rest sits at its bound and
+    ``G_FF w_F = -G_FA lower_A``; the feasible candidate of least value is the optimum.
+    """
+    n = gram.shape[0]
+    if n > MAX_ENUM_TASKS:
+        raise ValueError(f"upgrad: at most {MAX_ENUM_TASKS} tasks, got {n}")
+    free = subset_masks(n, gram.device, empty=True)  # [S, n]
+    low = lower[:, None, :]  # [R, 1, n]
+    fixed = low * (1.0 - free)  # bounds on the active set, zero on F
+    rhs = free * -(fixed @ gram) + fixed  # gram symmetric: (G fixed)_F
+    w = _masked_solve(gram, free.expand(lower.shape[0], -1, -1), rhs)  # [R, S, n]
+    tol = 1e-9 * (1.0 + w.abs())
+    ok = (w >= low - tol).all(-1)
+    w = torch.maximum(w, low)
+    obj = _quad(w, gram)
+    obj = torch.where(ok & obj.isfinite(), obj, torch.full_like(obj, float("inf")))
+    best = obj.argmin(-1)
+    return w[torch.arange(lower.shape[0], device=gram.device), best]
+
+
+def nash_newton(
+    gram: torch.Tensor, alpha0: torch.Tensor, iters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``G a = 1/a, a > 0`` from ``alpha0 > 0``; returns ``(a, max |a * (G a) - 1|)``.
+
+    ``G a - 1/a`` is the gradient of ``phi(a) = a^T G a / 2 - sum(log a)``, self-concordant and
+    strictly convex, so damped Newton (step ``1/(1 + lambda)``, lambda the Newton decrement)
+    converges from any positive start and never leaves ``a > 0``; once ``lambda < 1/4`` full
+    steps converge quadratically. A solution exists unless the gradients are Pareto-stationary
+    (a non-negative combination is zero); the residual then stays large and the caller counts it.
+    """
+    a = alpha0
+    for _ in range(iters):
+        grad = gram @ a - 1.0 / a
+        hess = gram + torch.diag(1.0 / a**2)
+        d = -torch.linalg.solve_ex(hess, grad.unsqueeze(-1), check_errors=False)[0].squeeze(-1)
+        lam = (-(grad @ d)).clamp_min(0).sqrt()
+        step = torch.where(lam < 0.25, torch.ones_like(lam), 1.0 / (1.0 + lam))
+        a = a + step * d
+    residual = (a * (gram @ a) - 1.0).abs().max()
+    return a, residual

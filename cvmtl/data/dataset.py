@@ -1,0 +1,126 @@
+"""DenseDataset: ids of a split + a format reader + a transform seeded by (seed, epoch, index)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from cvmtl.data.formats import DataError, list_ids, load_dataset_info, load_sample
+
+log = logging.getLogger(__name__)
+
+MAX_SKIPS = 100  # give up after this many consecutive bad samples: the dataset is broken
+
+
+def carve_ids(ids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Split ``ids`` into (kept, carved) with ``round(fraction * n)`` (at least 1) carved ids,
+    chosen by a seeded permutation; both keep the input order."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
+    if len(ids) < 2:
+        raise DataError(f"cannot carve a validation split out of {len(ids)} id(s)")
+    n_val = min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    chosen = set(np.random.default_rng(seed).permutation(len(ids))[:n_val].tolist())
+    kept = [s for i, s in enumerate(ids) if i not in chosen]
+    carved = [s for i, s in enumerate(ids) if i in chosen]
+    return kept, carved
+
+
+def resolve_split_ids(
+    root: Path | str,
+    fmt: str,
+    split: str,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    train_split: str = "train",
+    val_split: str = "val",
+) -> list[str]:
+    """Ids of ``split``. With ``val_fraction > 0`` the ids of ``val_split`` are a seeded carve of
+    ``train_split`` and ``train_split`` is what is left; any other name reads its own split
+    (``test`` = the held-out test split of every format)."""
+    if val_fraction <= 0:
+        return list_ids(root, fmt, split)
+    if split == train_split:
+        return carve_ids(list_ids(root, fmt, train_split), val_fraction, seed)[0]
+    if split == val_split:
+        return carve_ids(list_ids(root, fmt, train_split), val_fraction, seed)[1]
+    return list_ids(root, fmt, split)
+
+
+class DenseDataset(Dataset):
+    """Samples of one split as dicts (DESIGN sample contract).
+
+    Augmentation randomness is a function of (``seed``, epoch, index): the index may be an int
+    (the epoch then comes from :meth:`set_epoch`) or an ``(epoch, index)`` pair, which is what
+    the loaders' samplers yield so that persistent workers never see a stale epoch.
+    With ``skip_bad`` a sample that fails with :class:`DataError` is logged, recorded in
+    ``bad_ids`` / ``bad_count`` (per process: workers keep their own copies) and the next index
+    is returned instead.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        split: str,
+        format: str = "cvmtl",
+        tasks: Sequence[str] = ("seg", "depth", "normal"),
+        transform: Callable[..., dict[str, Any]] | None = None,
+        num_classes: int | None = None,
+        skip_bad: bool = False,
+        ids: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.root, self.split, self.format = Path(root), split, format
+        self.tasks = list(tasks)
+        self.transform = transform
+        self.info = load_dataset_info(root, format)
+        self.num_classes = num_classes or len(self.info["classes"])
+        self.skip_bad = skip_bad
+        self.ids = list(ids) if ids is not None else list_ids(root, format, split)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.bad_ids: list[str] = []
+
+    @property
+    def bad_count(self) -> int:
+        return len(self.bad_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for plain integer indices (samplers pass it explicitly instead)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_raw(self, index: int) -> dict[str, Any]:
+        """The untransformed sample at ``index`` (raises DataError on bad data)."""
+        return load_sample(
+            self.root, self.format, self.split, self.ids[index], self.tasks, self.num_classes,
+            self.info,
+        )  # fmt: skip
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
+        if not 0 <= index < len(self.ids):
+            raise IndexError(f"index {index} out of range for {len(self.ids)} samples")
+        for attempt in range(MAX_SKIPS if self.skip_bad else 1):
+            current = (index + attempt) % len(self.ids)
+            try:
+                sample = self.load_raw(current)
+                break
+            except DataError as err:
+                if not self.skip_bad:
+                    raise
+                self.bad_ids.append(self.ids[current])
+                log.warning("skipping bad sample (%d so far): %s", len(self.bad_ids), err)
+        else:
+            raise DataError(f"{MAX_SKIPS} bad samples in a row in {self.root} split {self.split}")
+        if self.transform is not None:
+            # Seeded by the requested index, so a substitute is augmented like the original.
+            sample = self.transform(sample, rng_seed=(self.seed, int(epoch), int(index)))
+        return sample

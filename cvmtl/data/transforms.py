@@ -1,0 +1,185 @@
+"""Joint train / eval transforms: raw numpy sample -> tensors of the DESIGN sample contract.
+
+Geometry (random scale, pad, crop, horizontal flip) is one inverse affine warp per array with
+cv2: it resamples only the crop (cheap), pads every target with its own invalid value (image 0,
+seg 255, depth 0, normal 0; albumentations' PadIfNeeded has one ``fill_mask`` for all masks),
+divides depth by the scale factor and negates normal x on a flip (albumentations knows neither).
+Targets are resampled nearest, so labels stay integers and invalid pixels stay invalid.
+Photometric jitter is an albumentations ``Compose(strict=True)`` on the image only.
+
+Randomness: ``transform(sample, rng_seed=(seed, epoch, index))`` draws everything from
+``np.random.default_rng(SeedSequence(rng_seed))`` (albumentations is re-seeded from it), so a
+sample's augmentation depends on (seed, epoch, index) only: not on workers, order or history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from cvmtl.data.nyuv2 import IGNORE_INDEX
+
+FILL = {"image": 0, "seg": IGNORE_INDEX, "depth": 0.0, "normal": 0.0}
+
+
+def _rng(rng_seed: int | Sequence[int] | None) -> np.random.Generator:
+    if rng_seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng(np.random.SeedSequence(rng_seed))
+
+
+def renormalize(normal: np.ndarray) -> np.ndarray:
+    """Scale non-zero normals (HxWx3) to unit length; zero (invalid) ones stay zero."""
+    norm = np.linalg.norm(normal, axis=2, keepdims=True)
+    return np.where(norm > 1e-6, normal / np.maximum(norm, 1e-6), 0).astype(np.float32)
+
+
+def to_tensors(sample: dict[str, Any], mean: Sequence[float], std: Sequence[float]) -> dict:
+    """uint8 image -> normalized float32 [3,H,W]; seg int64 [H,W]; depth [1,H,W]; normal [3,H,W]."""
+    scale = np.float32(1.0 / 255.0)
+    image = (
+        sample["image"].astype(np.float32) * scale - np.asarray(mean, np.float32)
+    ) / np.asarray(std, np.float32)
+    out: dict[str, Any] = {
+        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    }
+    if "seg" in sample:
+        out["seg"] = torch.from_numpy(np.ascontiguousarray(sample["seg"], dtype=np.int64))
+    if "depth" in sample:
+        out["depth"] = torch.from_numpy(np.ascontiguousarray(sample["depth"], np.float32)[None])
+    if "normal" in sample:
+        normal = np.ascontiguousarray(sample["normal"].transpose(2, 0, 1), dtype=np.float32)
+        out["normal"] = torch.from_numpy(normal)
+    for key in sample:
+        if key not in out:
+            out[key] = sample[key]  # has, meta and anything a caller added
+    return out
+
+
+def scale_crop_flip(
+    sample: dict[str, Any], scale: float, crop: Sequence[int], offset: tuple[int, int], flip: bool
+) -> dict[str, Any]:
+    """Resize by ``scale``, take the ``crop`` (h, w) window at ``offset`` (y0, x0) of the resized
+    image (negative or overhanging = padding with each target's invalid value), then flip.
+
+    Depth is divided by ``scale``; a flip negates normal x.
+    """
+    h, w = sample["image"].shape[:2]
+    ch, cw = int(crop[0]), int(crop[1])
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    sy, sx = sh / h, sw / w
+    y0, x0 = offset
+    # Inverse map (output pixel centre -> input pixel centre) of resize + crop (+ mirror).
+    if flip:
+        ax, cx = -1.0 / sx, (cw - 1 + x0 + 0.5) / sx - 0.5
+    else:
+        ax, cx = 1.0 / sx, (x0 + 0.5) / sx - 0.5
+    matrix = np.array([[ax, 0.0, cx], [0.0, 1.0 / sy, (y0 + 0.5) / sy - 0.5]], np.float64)
+    # Output pixels that fall outside the resized image are padding.
+    rows = np.arange(ch) + y0
+    cols = np.arange(cw)[::-1] + x0 if flip else np.arange(cw) + x0
+    inside = ((rows >= 0) & (rows < sh))[:, None] & ((cols >= 0) & (cols < sw))[None, :]
+    padded = not inside.all()
+    out = dict(sample)
+    for key in ("image", "seg", "depth", "normal"):
+        if key not in sample:
+            continue
+        array = sample[key]
+        if key == "seg":  # cv2 cannot warp int64; labels are < 256 (255 = ignore) or < 65536
+            array = array.astype(np.uint8 if array.max(initial=0) <= 255 else np.uint16)
+        interp = cv2.INTER_LINEAR if key == "image" else cv2.INTER_NEAREST
+        warped = cv2.warpAffine(
+            array, matrix, (cw, ch), flags=interp | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )  # fmt: skip
+        if warped.ndim < array.ndim:  # cv2 drops a trailing axis of size 1
+            warped = warped[..., None]
+        if padded:
+            warped[~inside] = FILL[key]
+        if key == "seg":
+            warped = warped.astype(np.int64)
+        elif key == "depth":
+            warped = warped / np.float32(scale)  # zoom in by s: everything looks s times closer
+        elif key == "normal":
+            if flip:
+                warped[..., 0] *= -1
+            warped = renormalize(warped)
+        out[key] = warped
+    return out
+
+
+class TrainTransform:
+    """Random scale in ``scale_range``, crop to ``crop`` (padding if needed), flip, jitter."""
+
+    def __init__(
+        self,
+        crop: Sequence[int],
+        scale_range: Sequence[float] = (1.0, 1.5),
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        hflip: bool = True,
+        color_jitter: float = 0.2,
+    ) -> None:
+        if len(crop) != 2 or min(crop) <= 0:
+            raise ValueError(f"crop must be [height, width] > 0, got {crop}")
+        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range must be [lo, hi] with 0 < lo <= hi, got {scale_range}")
+        self.crop = (int(crop[0]), int(crop[1]))
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.mean, self.std = list(mean), list(std)
+        self.hflip = hflip
+        self.photometric = None
+        if color_jitter > 0:
+            import albumentations as A
+
+            j = float(color_jitter)
+            self.photometric = A.Compose(
+                [A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(j / 4, 0.5), p=0.8)],
+                strict=True,
+            )
+
+    def __call__(
+        self, sample: dict[str, Any], rng_seed: int | Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        rng = _rng(rng_seed)
+        h, w = sample["image"].shape[:2]
+        scale = float(rng.uniform(*self.scale_range))
+        sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+        # Window origin in the resized image: inside it when it is larger than the crop, else
+        # the image lands at a random place inside the padded crop.
+        (ch, cw) = self.crop
+        y0 = int(rng.integers(min(0, sh - ch), max(0, sh - ch) + 1))
+        x0 = int(rng.integers(min(0, sw - cw), max(0, sw - cw) + 1))
+        flip = bool(self.hflip and rng.random() < 0.5)
+        out = scale_crop_flip(sample, scale, self.crop, (y0, x0), flip)
+        if self.photometric is not None:
+            self.photometric.set_random_seed(int(rng.integers(2**31)))
+            out["image"] = self.photometric(image=out["image"])["image"]
+        return to_tensors(out, self.mean, self.std)
+
+
+class EvalTransform:
+    """No augmentation: normalize the image, keep the targets at their original resolution."""
+
+    def __init__(
+        self,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+    ) -> None:
+        self.mean, self.std = list(mean), list(std)
+
+    def __call__(
+        self, sample: dict[str, Any], rng_seed: int | Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        return to_tensors(sample, self.mean, self.std)
+
+
+def build_transforms(cfg: Any) -> tuple[TrainTransform, EvalTransform]:
+    """(train, eval) transforms from ``cfg.data`` (crop, scale_range, hflip, jitter, mean, std)."""
+    d = cfg.data
+    train = TrainTransform(d.crop, d.scale_range, d.mean, d.std, d.hflip, d.color_jitter)
+    return train, EvalTransform(d.mean, d.std)

@@ -1,0 +1,138 @@
+"""Atomic checkpoint save / load and RNG state capture.
+
+A cvmtl checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` opens: tensors,
+numbers, strings, lists, dicts and None only. Keys (format version 1):
+
+``cvmtl_checkpoint`` (magic, = 1), ``format_version``, ``model`` (EMA weights when EMA is on),
+``model_raw`` (raw weights, only with EMA), ``ema`` ({"decay", "updates"}, only with EMA),
+``optimizer``, ``scheduler``, ``scaler``, ``balancer``, ``rng`` (see :func:`get_rng_state`),
+``step`` (optimizer steps done), ``epoch``, ``position`` ({"epoch", "batch"}: where the train
+sampler resumes; ``batch`` counts micro-batches already consumed in that epoch), ``best``
+({"metric", "value", "step"}), ``bad_steps`` (consecutive skipped steps), ``skipped_steps``
+(total), ``config`` (the resolved config as a dict), ``versions`` ({"cvmtl", "torch"}).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MAGIC_KEY = "cvmtl_checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    A crash (or an exception) part-way leaves whatever was at ``path`` before untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {MAGIC_KEY: 1, "format_version": FORMAT_VERSION, **state}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX when both sit on one file system
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)  # make the rename itself durable
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Open a cvmtl checkpoint with ``weights_only=True``; anything else is a ValueError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated file, pickle with custom classes, not a torch file
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        # torch's weights_only message is long; the unpickler line says what was refused
+        why = next((ln for ln in lines if "Unpickler error" in ln), lines[0] if lines else "")
+        raise ValueError(
+            f"{path} is not a cvmtl checkpoint: torch.load(weights_only=True) failed: "
+            f"{why or type(err).__name__}"
+        ) from None
+    if not isinstance(state, dict) or MAGIC_KEY not in state:
+        raise ValueError(
+            f"{path} is not a cvmtl checkpoint (no '{MAGIC_KEY}' key); "
+            "expected a file written by tools/train.py"
+        )
+    version = state.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format {version} is newer than this cvmtl ({FORMAT_VERSION})"
+        )
+    return state
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Torch, CUDA (current device), numpy and Python RNG states as weights_only-safe values."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    cuda = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = [torch.cuda.get_rng_state()]
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": py_version, "state": list(py_internal), "gauss_next": py_gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` captured."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"][0].cpu())
+    n = state["numpy"]
+    keys = n["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+class preserved_rng:
+    """Context manager: code inside may draw random numbers without moving the training streams.
+
+    Evaluation and DataLoader iterator creation (which draws a base seed from the global torch
+    RNG) run inside it, so a resumed run draws exactly what an uninterrupted one would.
+    """
+
+    def __enter__(self) -> preserved_rng:
+        self._state = get_rng_state()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        set_rng_state(self._state)

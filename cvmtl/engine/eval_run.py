@@ -1,0 +1,149 @@
+"""The logic of ``tools/eval.py``: evaluate a checkpoint on a split, write metrics.json (with
+delta_m when baselines are known), report.md and a self-contained report.html.
+
+A checkpoint carries its config, so the checkpoint alone is enough; ``key=value`` overrides
+(e.g. ``data.root=...`` on another machine) are applied on top of that config.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cvmtl.config import Config, from_dict, parse_override
+
+ROLES = ("train", "val", "test")
+
+
+def pick_device(cfg: Config) -> torch.device:
+    """``train.device``: auto -> CUDA when available, else CPU."""
+    if cfg.train.device == "cpu" or not torch.cuda.is_available():
+        if cfg.train.device == "cuda":
+            raise ValueError("train.device=cuda but no CUDA device is available")
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def config_from_checkpoint(ckpt: dict[str, Any], overrides: list[str] | tuple = ()) -> Config:
+    """The checkpoint's config with ``key=value`` overrides applied (validated)."""
+    values = copy.deepcopy(ckpt.get("config") or {})
+    if not values:
+        raise ValueError("the checkpoint holds no config (was it written by tools/train.py?)")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = values
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {text!r}: {key} is not a section")
+        node[keys[-1]] = value
+    return from_dict(values)
+
+
+def load_model(cfg: Config, weights: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
+    """``build_model(cfg)`` with ``weights`` loaded strictly, in eval mode on ``device``.
+
+    Pretrained / ``init_from`` files are not read: the checkpoint's weights replace them anyway,
+    and those files need not exist where a checkpoint is evaluated.
+    """
+    from cvmtl.models.build import build_model
+
+    cfg = copy.deepcopy(cfg)
+    cfg.model.pretrained, cfg.model.pretrained_file, cfg.model.init_from = False, None, None
+    model = build_model(cfg)
+    state = {k.removeprefix("module.").replace("_orig_mod.", ""): v for k, v in weights.items()}
+    model.load_state_dict(state)
+    model = model.to(device).eval()
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def default_out(checkpoint: Path) -> Path:
+    """``runs/<name>/report`` for best.pt / last.pt, else ``<folder>/report_<stem>``."""
+    if checkpoint.stem in ("best", "last"):
+        return checkpoint.parent / "report"
+    return checkpoint.parent / f"report_{checkpoint.stem}"
+
+
+def default_baselines(checkpoint: Path) -> Path | None:
+    """baselines.json beside the checkpoint (or in the run folder above ``finetune/``)."""
+    folders = [checkpoint.parent]
+    if checkpoint.parent.name == "finetune":
+        folders.append(checkpoint.parent.parent)
+    return next((f / "baselines.json" for f in folders if (f / "baselines.json").is_file()), None)
+
+
+def run_eval(
+    checkpoint: str | Path,
+    *,
+    split: str = "test",
+    out: str | Path | None = None,
+    baselines: str | Path | None = None,
+    tta: bool = False,
+    overrides: list[str] | tuple = (),
+    num_samples: int = 4,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``split`` (a role train/val/test or a split name); write
+    ``metrics.json``, ``report.md`` and ``report.html`` into ``out``; return metrics.json's
+    content ``{"split", "checkpoint", "metrics", "delta_m"?}``."""
+    from cvmtl.data.formats import load_dataset_info
+    from cvmtl.data.loader import build_loaders
+    from cvmtl.engine.checkpoint import load_checkpoint
+    from cvmtl.engine.eval_stats import evaluate_with_stats, nan_to_none
+    from cvmtl.metrics import delta_m
+    from cvmtl.vis.report import write_report
+
+    checkpoint = Path(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_checkpoint(ckpt, overrides)
+    if tta:
+        cfg.eval.tta = True
+    role = split if split in ROLES else "test"
+    if split not in ROLES:
+        cfg.data.test_split = split  # any split name of the dataset, evaluated as "test"
+    split_name = getattr(cfg.data, f"{role}_split")
+
+    torch.manual_seed(cfg.train.seed)
+    device = pick_device(cfg)
+    model = load_model(cfg, ckpt["model"], device)
+    loader = build_loaders(cfg, False, splits=[role])[role]
+    results, stats, samples = evaluate_with_stats(
+        model, loader, cfg.tasks, cfg, device, num_samples=num_samples
+    )
+
+    base_path = Path(baselines) if baselines else default_baselines(checkpoint)
+    base = _split_baselines(base_path, split_name, cfg.tasks)
+    metrics: dict[str, Any] = {
+        "split": split_name,
+        "checkpoint": str(checkpoint),
+        "metrics": nan_to_none(results),
+    }
+    if base is not None:
+        metrics["delta_m"] = delta_m(results, base, cfg.tasks)
+    out_dir = Path(out) if out else default_out(checkpoint)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    info = load_dataset_info(cfg.data.root, cfg.data.format)
+    write_report(
+        out_dir, metrics, cfg=cfg, stats=stats, samples=samples, baselines=base, info=info
+    )
+    return metrics
+
+
+def _split_baselines(path: Path | None, split: str, tasks: list[str]) -> dict | None:
+    """``{task: {metric: v}}`` of ``split`` when ``path`` has every task of it, else None."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"--baselines: no such file {path}")
+    data = json.loads(path.read_text())
+    per_split = data.get(split)
+    if not isinstance(per_split, dict) or any(t not in per_split for t in tasks):
+        return None
+    return per_split

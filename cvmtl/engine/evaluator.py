@@ -1,0 +1,270 @@
+"""evaluate(): run a model over a split at the targets' resolution and compute every metric.
+
+Predictions are resized to the targets' size; depth is rescaled the DESIGN way (an image resized
+by s yields depth / s, so a prediction made on it is multiplied by s). Optional flip TTA
+(normal-aware) and multi-scale inference (``cfg.eval.tta``, ``cfg.eval.scales``).
+
+Under DDP each rank evaluates its shard and the metrics are all-reduced. A DistributedSampler
+pads the split with duplicates so that every rank gets as many samples; ``evaluate`` recognizes
+that padding (plain ``DistributedSampler``, ``drop_last=False``) and leaves it out, so the numbers
+equal a single-process run. Other samplers are taken as they come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from cvmtl.engine.distributed import is_main_process
+from cvmtl.metrics import build_metrics
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[dict[str, Any]] | None,
+    tasks: list[str],
+    cfg: Any,
+    *,
+    device: torch.device | str | None = None,
+    amp: str | None = None,
+    progress: bool = True,
+    max_batches: int | None = None,
+    collect: int = 0,
+    samples: list[dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Metrics ``{task: {metric: value}}`` of ``model`` over ``loader`` (all ranks, reduced).
+
+    ``cfg`` is the run Config (uses ``eval``, ``data.num_classes``, ``train.amp``,
+    ``train.channels_last``). ``amp``: ``none | bf16 | fp16`` (default ``cfg.train.amp``).
+    ``device``: default the model's. ``max_batches`` stops early (per rank). With ``collect=N``
+    the first N samples of this rank are appended to the list ``samples`` as dicts of CPU
+    tensors ``{"image", "meta", "has", "target": {task}, "pred": {task}}`` (seg as labels [H,W],
+    depth [1,H,W] metres, normal [3,H,W]) for visualization.
+    """
+    if loader is None:
+        raise ValueError("evaluate: no data loader for this split (is the split missing?)")
+    if collect > 0 and samples is None:
+        raise ValueError("evaluate: collect > 0 needs a list passed as samples= to fill")
+    tasks = list(tasks)
+    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if device is None:
+        param = next(net.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    amp = cfg.train.amp if amp is None else amp
+    if amp not in ("none", *AMP_DTYPES):
+        raise ValueError(f"evaluate: amp must be none|bf16|fp16, got {amp!r}")
+    num_classes = cfg.data.num_classes
+    metrics = build_metrics(tasks, num_classes, cfg)
+    skip_padding = _padding_filter(loader)
+
+    modes = {m: m.training for m in net.modules()}  # restore per module (frozen BN stays eval)
+    net.eval()
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches)
+    seen = 0
+    bar = _progress(loader, total, progress and is_main_process())
+    try:
+        with torch.inference_mode():
+            for i, batch in enumerate(bar):
+                if max_batches is not None and i >= max_batches:
+                    break
+                image = batch["image"].to(device, non_blocking=True)
+                targets = _targets(batch, tasks, device, skip_padding, seen)
+                size = next(iter(targets.values())).shape[-2:]
+                with _autocast(device, amp):
+                    preds = predict(net, image, size, tasks, cfg, num_classes, first=(i == 0))
+                for task in tasks:
+                    metrics[task].update(preds[task], targets[task])
+                if samples is not None and len(samples) < collect:
+                    _collect(samples, collect, batch, targets, preds)
+                seen += image.shape[0]
+    finally:
+        if hasattr(bar, "close"):
+            bar.close()
+        for m, mode in modes.items():
+            m.training = mode
+    if seen == 0:
+        raise ValueError("evaluate: the split is empty (the loader yielded no batches)")
+    return {task: metrics[task].compute() for task in tasks}
+
+
+def predict(
+    model: nn.Module,
+    image: torch.Tensor,
+    size: tuple[int, int] | torch.Size,
+    tasks: list[str],
+    cfg: Any,
+    num_classes: int | None = None,
+    first: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Predictions at ``size``: seg logits (averaged probabilities with TTA / several scales)
+    [B,C,H,W], depth [B,1,H,W] metres, unit normals [B,3,H,W]. The model is called once per
+    scale and flip; the first call of the first batch checks its tasks and class count."""
+    scales = list(getattr(cfg.eval, "scales", [1.0]) or [1.0])
+    flips = [False, True] if cfg.eval.tta else [False]
+    views = len(scales) * len(flips)
+    channels_last = getattr(cfg.train, "channels_last", False)
+    acc: dict[str, torch.Tensor] = {}
+    for s in scales:
+        x = image
+        if s != 1.0:
+            hw = (max(1, round(image.shape[-2] * s)), max(1, round(image.shape[-1] * s)))
+            x = F.interpolate(image, size=hw, mode="bilinear", align_corners=False)
+        # Depth predicted on x is in units of an image resized by (x size / target size).
+        depth_scale = math.sqrt(x.shape[-2] / size[0] * x.shape[-1] / size[1])
+        for flip in flips:
+            xi = x.flip(-1) if flip else x
+            if channels_last:
+                xi = xi.contiguous(memory_format=torch.channels_last)
+            out = model(xi)
+            if first and s == scales[0] and not flip:
+                _check_outputs(out, tasks, num_classes)
+            for task in tasks:
+                p, resized = _to_size(task, out[task], size, depth_scale)
+                if flip:
+                    p = p.flip(-1)
+                    if task == "normal":  # mirrored scene: x component changes sign
+                        p = p * p.new_tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1)
+                if task == "seg" and views > 1:
+                    p = p.float().softmax(dim=1)  # average probabilities, not logits
+                if task == "normal" and (resized or views > 1):
+                    p = F.normalize(p.float(), dim=1)
+                acc[task] = p if task not in acc else acc[task] + p
+    if views > 1:
+        for task in tasks:
+            acc[task] = acc[task] / views
+            if task == "normal":
+                acc[task] = F.normalize(acc[task], dim=1)
+    return acc
+
+
+def _to_size(
+    task: str, p: torch.Tensor, size: Any, depth_scale: float
+) -> tuple[torch.Tensor, bool]:
+    """(prediction at ``size``, whether it was resized). A single-view prediction already at the
+    target size is passed through in the model's dtype: the metrics cast what they need, and a
+    float32 copy of the seg logits would cost as much as the metric itself."""
+    resized = tuple(p.shape[-2:]) != tuple(size)
+    if resized:
+        p = F.interpolate(p.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    if task == "depth" and depth_scale != 1.0:
+        p = p.float() * depth_scale
+    return p, resized
+
+
+def _check_outputs(out: Any, tasks: list[str], num_classes: int | None) -> None:
+    if not isinstance(out, dict):
+        raise ValueError(
+            f"evaluate: the model must return a dict {{task: tensor}}, got {type(out)}"
+        )
+    missing = [t for t in tasks if t not in out]
+    if missing:
+        raise ValueError(
+            f"evaluate: the model predicts {sorted(out)} but evaluation asks for {tasks} "
+            f"(missing {missing})"
+        )
+    if "seg" in tasks and num_classes is not None and out["seg"].shape[1] != num_classes:
+        raise ValueError(
+            f"evaluate: the model predicts {out['seg'].shape[1]} classes but the dataset has "
+            f"{num_classes} (data.num_classes)"
+        )
+
+
+def _targets(
+    batch: dict[str, Any], tasks: list[str], device: torch.device, skip: Any, seen: int
+) -> dict[str, torch.Tensor]:
+    """Targets on ``device`` with unlabeled (``has`` False) and padding samples made invalid."""
+    bsz = batch["image"].shape[0]
+    keep = skip(seen, bsz) if skip is not None else None
+    has = batch.get("has", {})
+    out = {}
+    for task in tasks:
+        if task not in batch:
+            raise ValueError(
+                f"evaluate: the dataset gives no {task!r} labels (batch keys: "
+                f"{sorted(k for k in batch if k not in ('image', 'meta', 'has'))})"
+            )
+        t = batch[task].to(device, non_blocking=True)
+        # Collation already fills missing labels with invalid values; masking again guards
+        # against a dataset that does not. Decided on the CPU copy of ``has``: no device sync.
+        mask = torch.as_tensor(has[task]).cpu().bool() if task in has else None
+        if keep is not None:
+            mask = keep if mask is None else mask & keep
+        if mask is not None and not bool(mask.all()):
+            fill = 255 if task == "seg" else 0
+            m = mask.to(device).view(-1, *[1] * (t.dim() - 1))
+            t = torch.where(m, t, torch.full_like(t, fill))
+        out[task] = t
+    return out
+
+
+def _padding_filter(loader: Any) -> Any:
+    """For a DistributedSampler (drop_last=False): a function (seen, batch_size) -> CPU bool
+    [B] that is False on the duplicates the sampler appended. Rank r's i-th sample sits at
+    position r + i * world in the padded index list; positions >= len(dataset) are padding."""
+    sampler = getattr(loader, "sampler", None)
+    if type(sampler) is not DistributedSampler or sampler.drop_last:
+        return None
+    if getattr(loader, "batch_size", None) is None:
+        return None  # custom batch sampler: positions unknown
+    n, world, rank = len(sampler.dataset), sampler.num_replicas, sampler.rank
+
+    def keep(seen: int, bsz: int) -> torch.Tensor:
+        pos = rank + (seen + torch.arange(bsz)) * world
+        return pos < n
+
+    return keep
+
+
+def _autocast(device: torch.device, amp: str) -> Any:
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def _progress(loader: Any, total: int | None, enabled: bool) -> Any:
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, total=total, desc="eval", leave=False, dynamic_ncols=True)
+
+
+def _collect(samples: list, collect: int, batch: dict, targets: dict, preds: dict) -> None:
+    meta = batch.get("meta", {})
+    has = batch.get("has", {})
+    for i in range(batch["image"].shape[0]):
+        if len(samples) >= collect:
+            return
+        pred = {}
+        for task, p in preds.items():
+            pred[task] = p[i].argmax(0).cpu() if task == "seg" else p[i].float().cpu()
+        samples.append(
+            {
+                "image": batch["image"][i].cpu(),
+                "meta": _meta_item(meta, i),
+                "has": {t: bool(v[i]) for t, v in has.items()},
+                "target": {t: v[i].cpu() for t, v in targets.items()},
+                "pred": pred,
+            }
+        )
+
+
+def _meta_item(meta: Any, i: int) -> Any:
+    """Sample i of a collated meta (dict of lists / tensors), or of a list of dicts."""
+    if isinstance(meta, dict):
+        return {k: _meta_item(v, i) for k, v in meta.items()}
+    if isinstance(meta, (list, tuple)) or torch.is_tensor(meta):
+        return meta[i] if len(meta) > i else None
+    return meta

@@ -1,0 +1,148 @@
+"""Run logging: console progress (tqdm), TensorBoard scalars / images and ``metrics.jsonl``.
+
+Only the main process writes; on other ranks every method is a no-op, so callers need no guards.
+``metrics.jsonl`` holds one JSON object per line: ``step``, ``epoch``, ``split`` and flat keys
+(``loss/<task>``, ``weight/<task>``, ``lr``, ``img_s``, ``<task>/<metric>``, ``delta_m``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+
+def flat_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``{task: {metric: value}}`` -> ``{"task/metric": value}`` (scalars only)."""
+    flat = {}
+    for task, metrics in results.items():
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                flat[f"{task}/{name}"] = float(value)
+    return flat
+
+
+def _json_value(v: Any) -> Any:
+    # JSON has no NaN / inf; write them as strings a reader can still parse with float().
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class RunLogger:
+    """Writes ``metrics.jsonl`` and TensorBoard events into ``run_dir``; drives the progress bar.
+
+    ``resume_step``: continue an earlier run; records after that step (written before a crash,
+    and about to be redone) are dropped from ``metrics.jsonl`` and purged from TensorBoard.
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool, resume_step: int | None = None):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.jsonl_path = self.run_dir / "metrics.jsonl"
+        self.bar: tqdm | None = None
+        self.writer = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.jsonl_path.write_text("")
+            for old in self.run_dir.glob("events.out.tfevents.*"):
+                old.unlink()  # a fresh start: old curves of this run name would mislead
+        else:
+            self._truncate_after(resume_step)
+        from torch.utils.tensorboard import SummaryWriter  # slow import; main process only
+
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.jsonl_path.is_file():
+            return
+        keep = []
+        for line in self.jsonl_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash
+                continue
+            if rec.get("step", 0) <= step:
+                keep.append(line)
+        self.jsonl_path.write_text("".join(line + "\n" for line in keep))
+
+    # -- records -------------------------------------------------------------------------------
+    def log(self, step: int, epoch: int, split: str, values: dict[str, float | str]) -> None:
+        """Append one record to metrics.jsonl and its numbers to TensorBoard (``split/key``)."""
+        if not self.enabled:
+            return
+        rec: dict[str, Any] = {"step": step, "epoch": epoch, "split": split}
+        for key, value in values.items():
+            rec[key] = value if isinstance(value, str) else _json_value(float(value))
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        for key, value in values.items():
+            if not isinstance(value, str) and math.isfinite(value):
+                self.writer.add_scalar(f"{split}/{key}", value, step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An HxWx3 uint8 image to TensorBoard."""
+        if self.enabled:
+            self.writer.add_image(tag, image, step, dataformats="HWC")
+
+    def flush(self) -> None:
+        if self.enabled:
+            self.writer.flush()
+
+    # -- console -------------------------------------------------------------------------------
+    def info(self, msg: str) -> None:
+        """A console line that does not break the progress bar."""
+        if self.enabled:
+            tqdm.write(msg)
+
+    def start_progress(self, total: int, initial: int = 0) -> None:
+        if self.enabled:
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def postfix(self, values: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
+
+    def close_progress(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self.close_progress()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def prediction_panels(samples: list[dict], cfg: Any) -> list[np.ndarray]:
+    """Image | prediction per task, side by side (uint8 HxWx3), for TensorBoard."""
+    if not samples:
+        return []
+    from cvmtl.vis.colorize import colorize_depth, colorize_normal, colorize_seg
+
+    mean = np.asarray(cfg.data.mean, dtype=np.float32)
+    std = np.asarray(cfg.data.std, dtype=np.float32)
+    panels = []
+    for s in samples:
+        img = s["image"].float().numpy().transpose(1, 2, 0) * std + mean
+        row = [(np.clip(img, 0, 1) * 255).astype(np.uint8)]
+        for task, pred in s["pred"].items():
+            if task == "seg":
+                row.append(colorize_seg(pred))
+            elif task == "depth":
+                row.append(colorize_depth(pred, 0.0, cfg.model.max_depth))
+            elif task == "normal":
+                row.append(colorize_normal(pred))
+        panels.append(np.concatenate(row, axis=1))
+    return panels

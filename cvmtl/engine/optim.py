@@ -1,0 +1,134 @@
+"""Optimizer with parameter groups, learning-rate schedules with warmup, and a model EMA."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from cvmtl.config import TrainConfig
+
+
+def param_groups(
+    model: nn.Module, cfg: TrainConfig, extra: Iterable[nn.Parameter] = ()
+) -> list[dict]:
+    """Split trainable parameters into named groups.
+
+    Backbone parameters get ``lr * backbone_lr_mult``; norms and biases (ndim <= 1) get no weight
+    decay (decaying a BatchNorm scale or a bias only fights the normalization); ``extra``
+    (balancer parameters such as UW's log-variances) gets the base lr and no weight decay.
+    """
+    backbone = getattr(model, "backbone", None)
+    backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    buckets: dict[str, list[nn.Parameter]] = {
+        "backbone": [],
+        "backbone_no_wd": [],
+        "rest": [],
+        "rest_no_wd": [],
+    }
+    seen: set[int] = set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        part = "backbone" if id(p) in backbone_ids else "rest"
+        buckets[part + ("_no_wd" if p.ndim <= 1 else "")].append(p)
+    groups = []
+    for name, params in buckets.items():
+        if not params:
+            continue
+        mult = cfg.backbone_lr_mult if name.startswith("backbone") else 1.0
+        wd = 0.0 if name.endswith("_no_wd") else cfg.weight_decay
+        groups.append({"name": name, "params": params, "lr": cfg.lr * mult, "weight_decay": wd})
+    extra = [p for p in extra if p.requires_grad and id(p) not in seen]
+    if extra:
+        groups.append({"name": "balancer", "params": extra, "lr": cfg.lr, "weight_decay": 0.0})
+    if not groups:
+        raise ValueError("no trainable parameters (is everything frozen?)")
+    return groups
+
+
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, extra: Iterable[nn.Parameter] = ()
+) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum ``cfg.momentum``) over :func:`param_groups`."""
+    groups = param_groups(model, cfg, extra)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    raise ValueError(f"train.optimizer: expected adamw|sgd, got {cfg.optimizer!r}")
+
+
+def lr_factor(name: str, total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
+    """Multiplier of the base lr for optimizer step ``k`` (0-based).
+
+    Linear warmup ``(k + 1) / warmup`` for the first ``warmup_steps`` steps, then over the
+    remaining steps: ``cosine`` (to 0), ``poly`` (power 0.9, to 0), ``step`` (x0.1 at 1/2 and
+    again at 3/4 of them) or ``none`` (constant).
+    """
+    if name not in ("cosine", "poly", "step", "none"):
+        raise ValueError(f"train.scheduler: expected cosine|poly|step|none, got {name!r}")
+    decay_steps = max(1, total_steps - warmup_steps)
+
+    def factor(k: int) -> float:
+        if k < warmup_steps:
+            return (k + 1) / warmup_steps
+        p = min(1.0, (k - warmup_steps) / decay_steps)
+        if name == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * p))
+        if name == "poly":
+            return (1.0 - p) ** 0.9
+        if name == "step":
+            return 0.1 ** ((p >= 0.5) + (p >= 0.75))
+        return 1.0
+
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped once per optimizer step (its state_dict holds only numbers)."""
+    # A plain closure (not a callable object) keeps LambdaLR.state_dict free of custom objects.
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(cfg.scheduler, total_steps, cfg.warmup_steps)
+    )
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights (float parameters and buffers).
+
+    The effective decay is ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that early
+    evaluations are not dominated by the random initialization. Integer buffers are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        src = model.state_dict()
+        for name, ema_v in self.module.state_dict().items():
+            v = src[name].detach()
+            if ema_v.is_floating_point():
+                ema_v.lerp_(v.to(ema_v.dtype), 1.0 - d)
+            else:
+                ema_v.copy_(v)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])

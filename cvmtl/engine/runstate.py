@@ -1,0 +1,160 @@
+"""Training-run helpers: seeding, device checks, graceful stop on signals, best selection."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cvmtl.engine.distributed import is_dist
+from cvmtl.tasks import get_task, higher_is_better
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices). Every rank uses the same seed: the model must
+    start identical everywhere, and random loss weights (RLW) must agree across ranks."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """A clear error for a ``train.amp`` the device cannot run."""
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs a CUDA device (use bf16 on CPU)")
+    if amp != "none" and not torch.amp.autocast_mode.is_autocast_available(device.type):
+        raise ValueError(f"train.amp={amp}: torch has no autocast for {device.type}")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("train.amp=bf16: this GPU has no bfloat16 support; use fp16")
+
+
+@torch.no_grad()
+def broadcast_module(model: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (a no-op without DDP)."""
+    if is_dist():
+        for t in list(model.parameters()) + list(model.buffers()):
+            torch.distributed.broadcast(t.data, src=0)
+
+
+def compile_children(model: nn.Module) -> None:
+    """torch.compile each top-level submodule in place (train_step calls forward_features /
+    forward_heads, which would bypass a compiled wrapper of the whole model)."""
+    for child in model.children():
+        if isinstance(child, nn.ModuleDict | nn.ModuleList):
+            compile_children(child)
+        else:
+            child.compile()
+
+
+class GracefulStop:
+    """SIGINT / SIGTERM set a flag that the loop checks at each optimizer-step boundary, so the run
+    can save ``last.pt`` and exit cleanly. A second SIGINT stops at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class BestTracker:
+    """Chooses ``best.pt`` on the validation split by ``train.best_metric``.
+
+    ``task/metric`` uses that metric's direction from :mod:`cvmtl.tasks`. ``delta_m`` needs
+    ``baselines.json`` in the run folder; without it selection falls back to the first task's
+    first delta_m metric (``seg/miou`` for the default tasks), and :attr:`note` says so.
+    """
+
+    def __init__(self, best_metric: str, tasks: list[str], run_dir: Path, val_split: str):
+        self.tasks = tasks
+        self.path = run_dir / "baselines.json"
+        self.baselines = load_baselines(self.path, val_split, tasks)
+        self.note = ""
+        if best_metric == "delta_m" and self.baselines is None:
+            task = tasks[0]
+            metric = next(iter(get_task(task).delta_metrics))
+            self.note = (
+                f"train.best_metric=delta_m but {run_dir / 'baselines.json'} has no "
+                f"'{val_split}' baselines for {tasks}: choosing best.pt by {task}/{metric}"
+            )
+            best_metric = f"{task}/{metric}"
+        self.metric = best_metric
+        if best_metric == "delta_m":
+            self.higher = True
+        else:
+            task, name = best_metric.split("/", 1)
+            if task not in tasks:
+                raise ValueError(f"train.best_metric={best_metric}: task {task!r} not trained")
+            self.higher = higher_is_better(task, name)
+        self.value: float | None = None
+        self.step: int | None = None
+
+    def delta_m(self, results: dict, split: str | None = None) -> dict | None:
+        """delta_m of ``results`` against the baselines of ``split`` (default: validation);
+        None without baselines for that split."""
+        base = self.baselines if split is None else load_baselines(self.path, split, self.tasks)
+        if base is None:
+            return None
+        from cvmtl.metrics import delta_m
+
+        return delta_m(results, base, self.tasks)
+
+    def value_of(self, results: dict, dm: dict | None) -> float:
+        if self.metric == "delta_m":
+            return float(dm["overall"])
+        task, name = self.metric.split("/", 1)
+        if name not in results.get(task, {}):
+            raise ValueError(f"train.best_metric={self.metric}: the evaluator reports no {name}")
+        return float(results[task][name])
+
+    def update(self, value: float, step: int) -> bool:
+        """Record ``value``; True when it is the best so far (NaN never is)."""
+        if math.isnan(value):
+            return False
+        better = self.value is None or (value > self.value if self.higher else value < self.value)
+        if better:
+            self.value, self.step = value, step
+        return better
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("metric") == self.metric:  # a changed best_metric starts a fresh search
+            self.value, self.step = state.get("value"), state.get("step")
+
+
+def load_baselines(path: Path, split: str, tasks: list[str]) -> dict | None:
+    """``{task: {metric: value}}`` for ``split`` from baselines.json, or None if unusable."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    per_split = data.get(split)
+    if not isinstance(per_split, dict) or any(t not in per_split for t in tasks):
+        return None
+    return per_split

@@ -1,0 +1,79 @@
+"""Depth metric: pixel means over the whole split of the usual monocular-depth errors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cvmtl.metrics._common import accumulate, check_shapes, count_bins, nan_if_empty, reduced
+
+# Order of the accumulated sums (one float64 vector, so DDP needs a single all_reduce).
+_SUMS = ("abs", "rel", "sq_rel", "sq", "log_sq", "d1", "d2", "d3", "count")
+
+
+class DepthMetric:
+    """Streaming ``abs_err``, ``rel_err``, ``sq_rel``, ``rmse``, ``log_rmse`` (metres / ratios) and
+    ``delta1..3`` (percent of pixels with ``max(p/g, g/p) < 1.25**k``).
+
+    Valid pixels: ``min_depth <= target <= max_depth`` (and target > 0: 0 marks invalid).
+    Predictions are clamped to ``[min_depth, max_depth]`` first (to at least 1e-6 m so that the
+    log and ratios stay finite when ``min_depth`` is 0). With no valid pixel, values are NaN.
+    """
+
+    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0) -> None:
+        if not 0 <= min_depth < max_depth:
+            raise ValueError(
+                f"DepthMetric: want 0 <= min_depth < max_depth, got {min_depth}, {max_depth}"
+            )
+        self.min_depth = float(min_depth)
+        self.max_depth = float(max_depth)
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums = torch.zeros(len(_SUMS), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred [B,1,H,W] metres (any float dtype); target [B,1,H,W] metres, 0 = invalid."""
+        check_shapes("DepthMetric", pred, target, 1)
+        p = pred.float().clamp(max(self.min_depth, 1e-6), self.max_depth)
+        g = target.to(device=p.device, dtype=torch.float32)
+        valid = (g >= self.min_depth) & (g <= self.max_depth)
+        if self.min_depth <= 0:
+            valid &= g > 0
+        # Everything below is a function of r = p / g, set to 1 on invalid pixels so that they
+        # add exactly 0 (even a NaN prediction there). Masks, not boolean indexing: no host sync
+        # on CUDA; few full-size passes, since this runs on every eval batch.
+        g = torch.where(valid, g, 1.0)
+        r = torch.where(valid, p / g, 1.0)
+        rel = (r - 1).abs_()  # |p - g| / g
+        ad = rel * g  # |p - g|
+        log_r = r.log_()
+        # max(p/g, g/p) < 1.25**k  <=>  |log r| / log 1.25 < k: bucket 0..3 (3 = none), the
+        # thresholds being evenly spaced in log space; invalid pixels -> bucket 4.
+        bucket = log_r.abs().mul_(1.0 / math.log(1.25)).long().clamp_(0, 3)
+        counts = count_bins(torch.where(valid.flatten(), bucket.flatten(), 4), 5)
+        ad, rel, log_r = ad.flatten(), rel.flatten(), log_r.flatten()
+        sums = torch.stack(
+            [ad.sum(), rel.sum(), torch.dot(ad, rel), torch.dot(ad, ad), torch.dot(log_r, log_r)]
+        ).double()
+        deltas = counts.cumsum(0)  # below 1.25, 1.25**2, 1.25**3, all valid
+        sums = torch.cat([sums, deltas[:4].double()])
+        self._sums = accumulate(self._sums, sums)
+
+    def compute(self) -> dict[str, float]:
+        s = dict(zip(_SUMS, reduced(self._sums).cpu().tolist()))
+        n = s["count"]
+        rmse = nan_if_empty(s["sq"], n)
+        log_rmse = nan_if_empty(s["log_sq"], n)
+        return {
+            "abs_err": nan_if_empty(s["abs"], n),
+            "rel_err": nan_if_empty(s["rel"], n),
+            "sq_rel": nan_if_empty(s["sq_rel"], n),
+            "rmse": math.sqrt(rmse) if n > 0 else rmse,
+            "log_rmse": math.sqrt(log_rmse) if n > 0 else log_rmse,
+            "delta1": nan_if_empty(s["d1"], n, 100.0),
+            "delta2": nan_if_empty(s["d2"], n, 100.0),
+            "delta3": nan_if_empty(s["d3"], n, 100.0),
+        }

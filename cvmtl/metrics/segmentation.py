@@ -1,0 +1,77 @@
+"""Semantic segmentation metric: one confusion matrix over the whole split."""
+
+from __future__ import annotations
+
+import torch
+
+from cvmtl.metrics._common import accumulate, count_bins, reduced
+
+
+class SegMetric:
+    """Streaming mIoU / pixel accuracy from a ``num_classes`` x ``num_classes`` confusion matrix.
+
+    Pixels whose target is ``ignore_index`` (or otherwise outside ``0..C-1``) do not count. A
+    predicted label outside ``0..C-1`` counts as wrong for its pixel (it is kept in an extra
+    column rather than wrapped into another class). ``compute()`` all-reduces under DDP.
+
+    ``iou_per_class`` holds one percent per class, in class order; a class absent from both the
+    targets and the predictions has no IoU: its entry is ``None`` (JSON-safe, unlike NaN) and it
+    is left out of ``miou``.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        if num_classes < 1:
+            raise ValueError(f"SegMetric: num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        # Rows = target class, columns = predicted class (+1 column: "invalid prediction").
+        self._cm = torch.zeros(self.num_classes * (self.num_classes + 1), dtype=torch.int64)
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred: logits [B,C,H,W] or labels [B,H,W]; target: labels [B,H,W]."""
+        c = self.num_classes
+        from_logits = pred.dim() == 4
+        if from_logits:
+            if pred.shape[1] != c:
+                raise ValueError(f"SegMetric: logits have {pred.shape[1]} channels, expected {c}")
+            pred = pred.max(dim=1).indices  # same as argmax (first maximum), faster on the CPU
+        if pred.shape != target.shape or pred.dim() != 3:
+            raise ValueError(
+                "SegMetric.update: want logits [B,C,H,W] or labels [B,H,W] and target [B,H,W], "
+                f"got {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
+        target = target.to(device=pred.device, dtype=torch.int64)
+        pred = pred.long()
+        if not from_logits:  # a label out of range is wrong, never wrapped onto another class
+            pred = torch.where((pred >= 0) & (pred < c), pred, c)
+        valid = (target >= 0) & (target < c)
+        # Masked-out pixels go to an overflow bin that is dropped: no boolean indexing, so no
+        # host sync on CUDA.
+        # (pred is a fresh tensor here, so the in-place add leaves the caller's alone)
+        index = torch.where(valid, pred.add_(target, alpha=c + 1), c * (c + 1))
+        counts = count_bins(index, c * (c + 1) + 1)
+        self._cm = accumulate(self._cm, counts[: c * (c + 1)])
+
+    @property
+    def confusion(self) -> torch.Tensor:
+        """The local (not reduced) confusion matrix [C, C]: rows target, columns prediction."""
+        return self._cm.view(self.num_classes, self.num_classes + 1)[:, : self.num_classes]
+
+    def compute(self) -> dict[str, float | list[float | None]]:
+        c = self.num_classes
+        cm = reduced(self._cm).view(c, c + 1).double().cpu()
+        tp = cm.diagonal()  # [C]: a [C, C+1] matrix has C diagonal entries
+        per_target = cm.sum(dim=1)  # tp + fn (includes invalid predictions)
+        per_pred = cm[:, :c].sum(dim=0)  # tp + fp
+        union = per_target + per_pred - tp
+        present = union > 0
+        iou = torch.where(present, tp / union.clamp_min(1), torch.zeros_like(tp)) * 100
+        total = per_target.sum().item()
+        miou = iou[present].mean().item() if present.any() else float("nan")
+        pixel_acc = tp.sum().item() / total * 100 if total > 0 else float("nan")
+        per_class = [float(v) if ok else None for v, ok in zip(iou.tolist(), present.tolist())]
+        return {"miou": float(miou), "pixel_acc": float(pixel_acc), "iou_per_class": per_class}

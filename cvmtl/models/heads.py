@@ -1,0 +1,84 @@
+"""Task heads on the fused stride-4 map: conv-norm-relu + 1x1 prediction, upsampled to the input.
+
+Each head upsamples its raw prediction (bilinear) to the padded input size, crops it to the
+original size, then applies its task's output map (identity / bounded depth / unit normals) in
+float32, so activations are exact under bf16 autocast and losses get float32 inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvmtl.models.neck import conv_norm_act
+from cvmtl.tasks import get_task
+
+
+class DenseHead(nn.Module):
+    """conv3x3-norm-relu -> conv1x1 to ``out_channels``; subclasses define :meth:`activate`."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, norm: str = "bn"):
+        super().__init__()
+        self.out_channels = out_channels
+        self.block = conv_norm_act(in_channels, hidden, 3, norm)
+        self.pred = nn.Conv2d(hidden, out_channels, 1)
+
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(
+        self, x: torch.Tensor, padded_size: tuple[int, int], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Features -> prediction at ``size``: upsample to ``padded_size``, crop bottom/right."""
+        x = self.pred(self.block(x))
+        x = F.interpolate(x, size=tuple(padded_size), mode="bilinear", align_corners=False)
+        x = x[..., : size[0], : size[1]]
+        return self.activate(x.float())
+
+
+class SegHead(DenseHead):
+    """Class logits [B, C, H, W]."""
+
+
+class DepthHead(DenseHead):
+    """Metric depth in metres [B, 1, H, W], in (0, max_depth) via ``max_depth * sigmoid``."""
+
+    def __init__(
+        self, in_channels: int, hidden: int = 64, norm: str = "bn", max_depth: float = 10.0
+    ):
+        super().__init__(in_channels, 1, hidden, norm)
+        self.max_depth = float(max_depth)
+
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 sigmoid stays > 0 down to logits of about -87; clamp keeps it strictly positive
+        return (self.max_depth * torch.sigmoid(x)).clamp_min(1e-6)
+
+
+class NormalHead(DenseHead):
+    """Unit surface normals [B, 3, H, W]; normalized after upsampling so every pixel is unit."""
+
+    def __init__(self, in_channels: int, hidden: int = 64, norm: str = "bn"):
+        super().__init__(in_channels, 3, hidden, norm)
+
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1, eps=1e-6)
+
+
+def build_head(
+    task: str,
+    in_channels: int,
+    num_classes: int,
+    hidden: int = 64,
+    norm: str = "bn",
+    max_depth: float = 10.0,
+) -> DenseHead:
+    """The head of ``task`` (an unknown task is a ValueError listing the known ones)."""
+    spec = get_task(task)
+    if task == "seg":
+        return SegHead(in_channels, spec.out_channels(num_classes), hidden, norm)
+    if task == "depth":
+        return DepthHead(in_channels, hidden, norm, max_depth)
+    if task == "normal":
+        return NormalHead(in_channels, hidden, norm)
+    raise ValueError(f"task {task!r} has no head (heads exist for seg, depth, normal)")

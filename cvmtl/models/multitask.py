@@ -1,0 +1,155 @@
+"""Multi-task models: hard sharing (one backbone + FPN, a head per task) and soft sharing.
+
+Both pad the image bottom/right to a multiple of the backbone's largest stride and crop every
+prediction back to the input size, so any input size works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvmtl.models.backbone import TimmBackbone
+from cvmtl.models.neck import FPN
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad ``image`` [B, C, H, W] bottom/right so H and W are multiples of ``multiple``."""
+    h, w = image.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return image
+    # zero = the dataset mean after normalization
+    return F.pad(image, (0, pw, 0, ph))
+
+
+class MultiTaskModel(nn.Module):
+    """Hard parameter sharing: ``backbone -> neck -> {task: head}``.
+
+    ``forward_features`` returns the shared representation (the fused stride-4 FPN map of the
+    padded image); gradient balancers with ``loss.grad_source=features`` differentiate w.r.t. it.
+    A model with one task is the single-task baseline.
+    """
+
+    def __init__(
+        self, backbone: TimmBackbone, neck: FPN, heads: dict[str, nn.Module], num_classes: int
+    ):
+        super().__init__()
+        if not heads:
+            raise ValueError("MultiTaskModel needs at least one task head")
+        self.backbone = backbone
+        self.neck = neck
+        self.heads = nn.ModuleDict(heads)
+        self.tasks: list[str] = list(heads)
+        self.num_classes = num_classes
+        self.size_divisor: int = backbone.size_divisor
+        self.feature_stride: int = neck.out_stride
+
+    def forward_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The shared representation [B, neck_channels, Hp/4, Wp/4] of the padded image."""
+        return self.neck(self.backbone(pad_to_multiple(image, self.size_divisor)))
+
+    def forward_heads(
+        self, features: torch.Tensor, size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """``{task: prediction}`` at ``size`` (the original (H, W)) from shared ``features``."""
+        padded = (
+            features.shape[-2] * self.feature_stride,
+            features.shape[-1] * self.feature_stride,
+        )
+        size = (int(size[0]), int(size[1]))
+        return {task: head(features, padded, size) for task, head in self.heads.items()}
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_heads(self.forward_features(image), image.shape[-2:])
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Backbone and neck parameters (what every task's gradient flows through)."""
+        yield from self.backbone.parameters()
+        yield from self.neck.parameters()
+
+    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        """Parameters only ``task`` uses (its head)."""
+        if task not in self.heads:
+            raise ValueError(f"unknown task {task!r} (model tasks: {', '.join(self.tasks)})")
+        return self.heads[task].parameters()
+
+    def regularization(self) -> torch.Tensor:
+        """Hard sharing has no soft-sharing penalty: 0."""
+        return self.heads[self.tasks[0]].pred.weight.new_zeros(())
+
+
+_NO_SHARED = (
+    "model.sharing=soft has no shared representation (forward_features / forward_heads): "
+    "gradient-level balancers need model.sharing=hard"
+)
+
+
+class SoftSharingModel(nn.Module):
+    """Soft parameter sharing: one single-task :class:`MultiTaskModel` (backbone + FPN + head) per
+    task, tied by ``regularization() = soft_weight * sum_t ||theta_t - mean_t theta||^2`` over
+    corresponding backbone and neck parameters.
+
+    ``regularization()`` is already multiplied by ``soft_weight`` (the loss code adds it as is).
+    Nothing is shared, so ``forward_features`` / ``forward_heads`` raise ValueError (gradient
+    balancers need a shared representation) and ``shared_parameters()`` is empty.
+    """
+
+    def __init__(self, branches: dict[str, MultiTaskModel], soft_weight: float):
+        super().__init__()
+        if not branches:
+            raise ValueError("SoftSharingModel needs at least one task")
+        for task, branch in branches.items():
+            if branch.tasks != [task]:
+                raise ValueError(f"soft sharing: branch {task!r} must predict only {task!r}")
+        self.branches = nn.ModuleDict(branches)
+        self.tasks: list[str] = list(branches)
+        self.num_classes = next(iter(branches.values())).num_classes
+        self.soft_weight = float(soft_weight)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for branch in self.branches.values():
+            out.update(branch(image))
+        return out
+
+    def forward_features(self, image: torch.Tensor) -> torch.Tensor:
+        raise ValueError(_NO_SHARED)
+
+    def forward_heads(
+        self, features: torch.Tensor, size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        raise ValueError(_NO_SHARED)
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Empty: soft sharing shares no parameter."""
+        return iter(())
+
+    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        """Every parameter of ``task``'s branch (its backbone, neck and head)."""
+        if task not in self.branches:
+            raise ValueError(f"unknown task {task!r} (model tasks: {', '.join(self.tasks)})")
+        return self.branches[task].parameters()
+
+    def regularization(self) -> torch.Tensor:
+        """``soft_weight * sum_t ||theta_t - mean_t theta||^2`` over backbone + neck parameters."""
+        branches = list(self.branches.values())
+        first = branches[0]
+        total = first.heads[first.tasks[0]].pred.weight.new_zeros((), dtype=torch.float32)
+        if len(branches) < 2 or self.soft_weight == 0:
+            return total
+        per_branch = [dict(_shared_named(b)) for b in branches]
+        for name, p0 in per_branch[0].items():
+            if not p0.is_floating_point():
+                continue
+            stack = torch.stack([params[name].float() for params in per_branch])
+            total = total + (stack - stack.mean(0, keepdim=True)).pow(2).sum()
+        return self.soft_weight * total
+
+
+def _shared_named(branch: MultiTaskModel) -> Iterator[tuple[str, nn.Parameter]]:
+    yield from (("backbone." + n, p) for n, p in branch.backbone.named_parameters())
+    yield from (("neck." + n, p) for n, p in branch.neck.named_parameters())

@@ -1,0 +1,92 @@
+"""FPN neck fused into one stride-4 map (Panoptic-FPN's semantic branch).
+
+Lateral 1x1 convs + top-down sum + 3x3 smoothing over every backbone level; then each level is
+brought to stride 4 by conv-norm-relu(-2x upsample) stages and the levels are summed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OUT_STRIDE = 4
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """``bn`` | ``gn`` (32 groups, or the largest divisor of ``channels`` below) | ``syncbn``."""
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "syncbn":
+        # Falls back to plain batch norm when no process group is initialized.
+        return nn.SyncBatchNorm(channels)
+    if kind == "gn":
+        groups = next(g for g in range(min(32, channels), 0, -1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    raise ValueError(f"model.norm: expected bn | gn | syncbn, got {kind!r}")
+
+
+def conv_norm_act(cin: int, cout: int, kernel: int, norm: str, act: bool = True) -> nn.Sequential:
+    """Conv (no bias: the norm has one) + norm (+ ReLU)."""
+    layers = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), norm_layer(norm, cout)]
+    if act:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class FPN(nn.Module):
+    """Feature pyramid over levels with ``in_channels`` at ``strides``; returns one stride-4 map.
+
+    Levels finer than stride 4 must be dropped by the backbone beforehand.
+    """
+
+    def __init__(
+        self, in_channels: list[int], strides: list[int], channels: int = 128, norm: str = "bn"
+    ):
+        super().__init__()
+        if len(in_channels) != len(strides) or not strides:
+            raise ValueError(f"FPN: {len(in_channels)} channel counts for {len(strides)} strides")
+        if min(strides) < OUT_STRIDE or list(strides) != sorted(strides):
+            raise ValueError(f"FPN: strides must be increasing and >= {OUT_STRIDE}, got {strides}")
+        self.strides = list(strides)
+        self.channels = channels
+        self.out_stride = OUT_STRIDE
+        # detectron2's FPN with norm: laterals and smoothing convs are linear (conv + norm)
+        self.lateral = nn.ModuleList(
+            conv_norm_act(c, channels, 1, norm, False) for c in in_channels
+        )
+        self.smooth = nn.ModuleList(
+            conv_norm_act(channels, channels, 3, norm, False) for _ in strides
+        )
+        self.fuse = nn.ModuleList()
+        for s in strides:
+            ups = max(int(round(math.log2(s / OUT_STRIDE))), 0)
+            # one conv stage per 2x upsampling (at least one, as in Panoptic FPN)
+            stages = [conv_norm_act(channels, channels, 3, norm) for _ in range(max(ups, 1))]
+            self.fuse.append(nn.ModuleList(stages))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        lat = [conv(f) for conv, f in zip(self.lateral, feats)]
+        # top-down: coarse semantics added into finer levels
+        for i in range(len(lat) - 2, -1, -1):
+            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        outs = [conv(x) for conv, x in zip(self.smooth, lat)]
+        target = _stride4_size(feats[0].shape[-2:], self.strides[0])
+        fused = None
+        for x, stages in zip(outs, self.fuse):
+            for stage in stages:
+                x = stage(x)
+                if x.shape[-2] < target[0]:
+                    x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            if x.shape[-2:] != target:  # non power-of-two stride ratio: resize exactly
+                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+            fused = x if fused is None else fused + x
+        assert fused is not None
+        return fused
+
+
+def _stride4_size(size: torch.Size, stride: int) -> tuple[int, int]:
+    f = stride // OUT_STRIDE
+    return (int(size[0]) * f, int(size[1]) * f)

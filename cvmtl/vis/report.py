@@ -1,0 +1,252 @@
+"""Evaluation reports: metric tables, ``report.md`` and one self-contained ``report.html``.
+
+The HTML page embeds every chart as a base64 PNG (no external file, script or style sheet), so
+it can be mailed or archived alone. On NYUv2 both files show published numbers of other projects
+beside ours, under a heading that says whose figures they are.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from cvmtl.tasks import HIGHER_IS_BETTER, get_task
+
+# Published 13-class NYUv2 numbers (LibMTL, DeepLabV3+ dilated ResNet-50, 288x384, one run each).
+NYU13_COLUMNS = [
+    ("seg", "miou", "mIoU"), ("seg", "pixel_acc", "pixAcc"), ("depth", "abs_err", "abs err"),
+    ("depth", "rel_err", "rel err"), ("normal", "mean", "normal mean"),
+    ("normal", "median", "median"), ("normal", "a11", "<11.25"), ("normal", "a22", "<22.5"),
+    ("normal", "a30", "<30"),
+]  # fmt: skip
+NYU13_PUBLISHED = [
+    ("LibMTL EW", [54.10, 75.78, 0.3771, 0.1596, 23.53, 17.20, 34.55, 60.75, 72.06]),
+    ("LibMTL UW", [54.02, 75.66, 0.3838, 0.1573, 23.45, 16.86, 35.43, 61.32, 72.33]),
+    ("LibMTL GLS", [54.46, 76.01, 0.3793, 0.1566, 22.73, 16.16, 36.76, 62.94, 73.68]),
+    ("LibMTL CAGrad", [53.77, 75.80, 0.3836, 0.1584, 22.53, 15.86, 37.40, 63.58, 74.20]),
+    ("LibMTL Nash-MTL", [53.38, 75.01, 0.3814, 0.1570, 22.61, 15.87, 37.30, 63.68, 74.28]),
+    ("LibMTL MTAN + EW", [54.38, 75.84, 0.3764, 0.1561, 22.98, 16.36, 36.35, 62.44, 73.27]),
+]
+NYU13_NOTE = (
+    "Published figures of other projects, not produced by cvmtl: LibMTL, 13-class NYUv2, "
+    "288x384, DeepLabV3+ dilated ResNet-50, hard sharing, one run each. Auto-Lambda (ResNet-50 "
+    "from scratch): single-task 43.37 mIoU / 0.5224 abs err / 22.40 normal mean; best "
+    "multi-task (Auto-Lambda + CAGrad) 48.26 / 0.3982 / 22.81, delta_m +11.07%."
+)
+NYU40_COLUMNS = [("seg", "miou", "mIoU"), ("depth", "rmse", "rmse"), ("normal", "mean", "mean")]
+NYU40_PUBLISHED = [
+    ("InvPT (ViT-L)", [53.56, 0.5183, 19.04]),
+    ("TaskPrompter (ViT-L)", [55.30, 0.5062, 18.58]),
+    ("MLoRE (ViT-L)", [55.96, 0.5076, 18.33]),
+]
+NYU40_NOTE = (
+    "Published figures of other projects, not produced by cvmtl: 40-class NYUD-v2, ViT-L "
+    "backbones (TaskPrompter reports 55.30-55.90 mIoU)."
+)
+
+
+def is_nyu(data_format: str, dataset_name: str) -> bool:
+    """Whether a dataset is NYUv2 / NYUD-v2 (by format or dataset.yaml name)."""
+    return data_format in ("nyuv2_npy", "nyud_mt") or "nyu" in str(dataset_name).lower()
+
+
+def fmt(value: Any) -> str:
+    """A metric value for a table: 4 significant decimals for small values, else 2."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    v = float(value)
+    return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
+
+
+def task_rows(metrics: dict, baselines: dict | None, delta: dict | None) -> dict[str, list[list]]:
+    """``{task: [[metric, direction, ours, baseline, delta_m %], ...]}`` (scalar metrics only)."""
+    out: dict[str, list[list]] = {}
+    for task, values in metrics.items():
+        rows = []
+        for name, value in values.items():
+            if isinstance(value, list | dict):
+                continue
+            higher = HIGHER_IS_BETTER.get(task, {}).get(name)
+            arrow = "" if higher is None else ("higher" if higher else "lower")
+            base = (baselines or {}).get(task, {}).get(name)
+            d = ((delta or {}).get("per_metric") or {}).get(f"{task}/{name}")
+            rows.append([name, arrow, fmt(value), fmt(base) if base is not None else "", d])
+        out[task] = rows
+    return out
+
+
+def published_tables(metrics: dict, num_classes: int) -> list[tuple[str, list[str], list[list]]]:
+    """(note, header, rows) tables of published numbers with our row first (NYUv2 only)."""
+    if num_classes == 13:
+        columns, published, note = NYU13_COLUMNS, NYU13_PUBLISHED, NYU13_NOTE
+    elif num_classes == 40:
+        columns, published, note = NYU40_COLUMNS, NYU40_PUBLISHED, NYU40_NOTE
+    else:
+        return []
+    ours = [fmt(metrics.get(t, {}).get(m)) for t, m, _ in columns]
+    rows = [["cvmtl (this run)", *ours]]
+    rows += [[f"{name} (published)", *[fmt(v) for v in values]] for name, values in published]
+    return [(note, ["model", *[c[2] for c in columns]], rows)]
+
+
+def _md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _delta_cell(d: float | None) -> str:
+    return "" if d is None else f"{d:+.2f}"
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    """report.md from a report document (see :func:`write_report`)."""
+    m = doc["metrics"]
+    lines = [f"# Evaluation report: {doc['title']}", ""]
+    lines += [f"- checkpoint: `{m['checkpoint']}`", f"- split: `{m['split']}`"]
+    lines += [f"- dataset: {doc['dataset']}", f"- tasks: {', '.join(m['metrics'])}", ""]
+    dm = m.get("delta_m")
+    if dm:
+        lines += [f"**delta_m: {dm['overall']:+.2f}%** (vs single-task baselines; + = better)", ""]
+        lines += [_md_table(["task", "delta_m (%)"], [[t, f"{v:+.2f}"] for t, v in
+                                                       dm["per_task"].items()]), ""]  # fmt: skip
+    else:
+        lines += ["delta_m: n/a (no single-task baselines for this split)", ""]
+    header = ["metric", "better", "ours", "baseline", "delta (%)"]
+    for task, rows in task_rows(m["metrics"], doc.get("baselines"), dm).items():
+        rows = [[*r[:4], _delta_cell(r[4])] for r in rows]
+        lines += [f"## {task}", "", _md_table(header, rows), ""]
+    for note, head, rows in doc.get("published", []):
+        lines += ["## Published numbers of other projects (for comparison)", "", f"_{note}_", ""]
+        lines += [_md_table(head, rows), ""]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1150px;color:#222}
+table{border-collapse:collapse;margin:8px 0 16px}
+th,td{border:1px solid #ccc;padding:3px 9px;text-align:right;font-size:14px}
+th{background:#f0f0f0} td:first-child,th:first-child{text-align:left}
+.pub td{color:#555} .pub tr:first-child td{color:#000;font-weight:bold}
+.pos{color:#1a7f37} .neg{color:#c62828} img{max-width:100%;display:block;margin:8px 0}
+.note{font-size:13px;color:#555;font-style:italic}
+"""
+
+
+def render_html(doc: dict[str, Any], charts: dict[str, bytes]) -> str:
+    """One self-contained HTML page: tables plus the PNG ``charts`` embedded as data URIs."""
+    m = doc["metrics"]
+    esc = html.escape
+    parts = [f"<h1>Evaluation report: {esc(doc['title'])}</h1>"]
+    parts.append(
+        f"<p>checkpoint <code>{esc(m['checkpoint'])}</code> &middot; split "
+        f"<code>{esc(m['split'])}</code> &middot; dataset {esc(doc['dataset'])}</p>"
+    )
+    dm = m.get("delta_m")
+    if dm:
+        cls = "pos" if dm["overall"] >= 0 else "neg"
+        parts.append(f'<h2>delta_m: <span class="{cls}">{dm["overall"]:+.2f}%</span></h2>')
+        parts.append('<p class="note">mean relative change vs single-task baselines; + = better')
+        parts.append("</p>" + _html_table(
+            ["task", "delta_m (%)"], [[t, f"{v:+.2f}"] for t, v in dm["per_task"].items()]
+        ))  # fmt: skip
+    else:
+        parts.append("<p>delta_m: n/a (no single-task baselines for this split)</p>")
+    header = ["metric", "better", "ours", "baseline", "delta (%)"]
+    for task, rows in task_rows(m["metrics"], doc.get("baselines"), dm).items():
+        rows = [[*r[:4], _delta_cell(r[4])] for r in rows]
+        parts += [f"<h2>{esc(task)}</h2>", _html_table(header, rows)]
+    for note, head, rows in doc.get("published", []):
+        parts.append("<h2>Published numbers of other projects (for comparison)</h2>")
+        parts += [f'<p class="note">{esc(note)}</p>', _html_table(head, rows, "pub")]
+    titles = {
+        "delta": "delta_m per metric", "iou": "Segmentation IoU per class",
+        "depth_bins": "Depth error by distance", "angle_hist": "Normal angle error",
+        "samples": "Samples: ground truth and prediction",
+    }  # fmt: skip
+    for key, title in titles.items():
+        if key in charts:
+            parts += [f"<h2>{esc(title)}</h2>", _img(charts[key], title)]
+    body = "\n".join(parts)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(doc['title'])}</title><style>{STYLE}</style></head>"
+        f"<body>\n{body}\n</body></html>\n"
+    )
+
+
+def build_charts(doc: dict[str, Any], stats: dict, samples: list, cfg: Any) -> dict[str, bytes]:
+    """The PNG charts the data allows (delta_m, IoU, depth bins, angle histogram, samples)."""
+    from cvmtl.vis import report_charts as rc
+
+    charts: dict[str, bytes] = {}
+    m = doc["metrics"]
+    if m.get("delta_m"):
+        charts["delta"] = rc.delta_chart(m["delta_m"]["per_metric"])
+    iou = m["metrics"].get("seg", {}).get("iou_per_class")
+    if iou:
+        charts["iou"] = rc.iou_chart(iou, doc.get("classes") or [])
+    if stats.get("depth_bins"):
+        charts["depth_bins"] = rc.depth_bins_chart(stats["depth_bins"])
+    if stats.get("angle_hist"):
+        charts["angle_hist"] = rc.angle_chart(stats["angle_hist"])
+    if samples:
+        charts["samples"] = rc.sample_grid(
+            samples, cfg.data.mean, cfg.data.std, doc.get("palette"), cfg.eval.max_depth
+        )
+    return charts
+
+
+def write_report(
+    out_dir: str | Path,
+    metrics: dict[str, Any],
+    *,
+    cfg: Any,
+    stats: dict | None = None,
+    samples: list | None = None,
+    baselines: dict | None = None,
+    info: dict | None = None,
+) -> dict[str, Path]:
+    """Write ``report.md`` and ``report.html`` into ``out_dir``; return their paths.
+
+    ``metrics``: the metrics.json content; ``baselines``: ``{task: {metric: v}}`` of the split;
+    ``info``: dataset info (name, classes, palette) from ``load_dataset_info``.
+    """
+    info = info or {}
+    name = str(info.get("name", Path(cfg.data.root).name))
+    doc = {
+        "title": cfg.name,
+        "dataset": f"{name} ({cfg.data.format}, {cfg.data.num_classes} classes)",
+        "metrics": metrics,
+        "baselines": baselines,
+        "classes": info.get("classes"),
+        "palette": info.get("palette"),
+        "published": [],
+    }
+    if is_nyu(cfg.data.format, name):
+        doc["published"] = published_tables(metrics["metrics"], cfg.data.num_classes)
+    for task in metrics["metrics"]:
+        get_task(task)  # an unknown task is an error here, not a silently empty table
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    charts = build_charts(doc, stats or {}, samples or [], cfg)
+    paths = {"md": out / "report.md", "html": out / "report.html"}
+    paths["md"].write_text(render_markdown(doc))
+    paths["html"].write_text(render_html(doc, charts))
+    return paths

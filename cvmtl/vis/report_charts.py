@@ -1,0 +1,169 @@
+"""Charts of the evaluation report, each rendered to PNG bytes with matplotlib's Agg canvas.
+
+``Figure`` + ``FigureCanvasAgg`` instead of pyplot: no global figure state and no GUI backend,
+so reports render the same in a headless job, a test or a notebook.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cvmtl.vis.colorize import (
+    colorize_angle_error,
+    colorize_depth,
+    colorize_depth_error,
+    colorize_normal,
+    colorize_seg,
+)
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor="white")
+    return buf.getvalue()
+
+
+def iou_chart(iou_per_class: Sequence[float | None], class_names: Sequence[str]) -> bytes:
+    """Horizontal bars of IoU (%) per class; a class absent from the split is marked n/a."""
+    n = len(iou_per_class)
+    names = [str(class_names[i]) if i < len(class_names) else f"class {i}" for i in range(n)]
+    values = [float("nan") if v is None else float(v) for v in iou_per_class]
+    fig = _figure(7.5, 0.8 + 0.28 * n)
+    ax = fig.add_subplot()
+    y = np.arange(n)
+    ax.barh(y, [0.0 if math.isnan(v) else v for v in values], color="#4c72b0")
+    for i, v in enumerate(values):
+        ax.text(1 if math.isnan(v) else v + 1, i, "n/a" if math.isnan(v) else f"{v:.1f}",
+                va="center", fontsize=8)  # fmt: skip
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("IoU (%)")
+    ax.set_title("Segmentation: IoU per class")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def delta_chart(per_metric: dict[str, float]) -> bytes:
+    """Bars of delta_m per metric (%, positive = better than the single-task baseline)."""
+    names = list(per_metric)
+    values = [float(per_metric[k]) for k in names]
+    fig = _figure(7.5, 0.8 + 0.3 * len(names))
+    ax = fig.add_subplot()
+    colors = ["#55a868" if v >= 0 else "#c44e52" for v in values]
+    ax.barh(np.arange(len(names)), values, color=colors)
+    ax.set_yticks(np.arange(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("relative change vs single-task baseline (%, + = better)")
+    ax.set_title("delta_m per metric")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def depth_bins_chart(bins: dict[str, list]) -> bytes:
+    """Mean absolute depth error per ground-truth depth bin, with the pixel share per bin."""
+    edges = np.asarray(bins["edges"], dtype=float)
+    count = np.asarray(bins["count"], dtype=float)
+    err = np.asarray([np.nan if v is None else v for v in bins["abs_err"]], dtype=float)
+    centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig = _figure(7.5, 3.6)
+    ax = fig.add_subplot()
+    share = count / max(count.sum(), 1.0) * 100
+    ax.bar(centers, share, width=width * 0.9, color="#dddddd", label="pixels (%)")
+    ax.set_ylabel("share of valid pixels (%)")
+    ax.set_xlabel("ground-truth depth (m)")
+    ax2 = ax.twinx()
+    ax2.plot(centers, err, "o-", color="#c44e52", label="mean abs err (m)")
+    ax2.set_ylabel("mean absolute error (m)")
+    ax2.set_ylim(bottom=0)
+    ax.set_title("Depth error by distance")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
+    return _png(fig)
+
+
+def angle_chart(hist: dict[str, list], max_deg: float = 90.0) -> bytes:
+    """Histogram of the normal angle error (pixel %) with its cumulative curve and the 11.25 /
+    22.5 / 30 degree thresholds; errors above ``max_deg`` are summed in the last bar."""
+    edges = np.asarray(hist["edges"], dtype=float)
+    count = np.asarray(hist["count"], dtype=float)
+    total = max(count.sum(), 1.0)
+    keep = edges[:-1] < max_deg
+    shown = count[keep].copy()
+    if len(shown):
+        shown[-1] += count[~keep].sum()
+    left, width = edges[:-1][keep], np.diff(edges)[keep]
+    fig = _figure(7.5, 3.6)
+    ax = fig.add_subplot()
+    ax.bar(left, shown / total * 100, width=width, align="edge", color="#4c72b0")
+    ax.set_xlabel(f"angle error (degrees; last bar: >= {left[-1] if len(left) else 0:g})")
+    ax.set_ylabel("pixels (%)")
+    ax2 = ax.twinx()
+    ax2.plot(edges[1:][keep], np.cumsum(count)[keep] / total * 100, color="#dd8452")
+    ax2.set_ylim(0, 100)
+    ax2.set_ylabel("cumulative (%)", color="#dd8452")
+    for t in (11.25, 22.5, 30.0):
+        ax.axvline(t, color="gray", ls="--", lw=0.8)
+    ax.set_title("Surface normals: angle error histogram")
+    return _png(fig)
+
+
+def denormalize(image: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Normalized [3,H,W] tensor -> uint8 HxWx3 RGB."""
+    img = image.float().numpy().transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def sample_grid(
+    samples: list[dict[str, Any]],
+    mean: Sequence[float],
+    std: Sequence[float],
+    palette: list[list[int]] | None,
+    max_depth: float,
+) -> bytes:
+    """One row per sample: RGB, then ground truth | prediction (| error) for every task."""
+    cols: list[tuple[str, Any]] = [("image", None)]
+    tasks = list(samples[0]["pred"]) if samples else []
+    for task in tasks:
+        cols += [(f"{task} GT", task), (f"{task} pred", task)]
+        if task in ("depth", "normal"):
+            cols.append((f"{task} error", task))
+    rows = len(samples)
+    fig = _figure(1.9 * len(cols), 1.75 * max(rows, 1) + 0.3)
+    axes = fig.subplots(max(rows, 1), len(cols), squeeze=False)
+    for r, s in enumerate(samples):
+        panels = [denormalize(s["image"], mean, std)]
+        for task in tasks:
+            g, p = s["target"][task], s["pred"][task]
+            if task == "seg":
+                panels += [colorize_seg(g, palette), colorize_seg(p, palette)]
+            elif task == "depth":
+                p = p * (g > 0)  # show the prediction where the ground truth is valid
+                panels += [colorize_depth(g, 0.0, max_depth), colorize_depth(p, 0.0, max_depth)]
+                panels.append(colorize_depth_error(s["pred"][task], g, vmax=max_depth / 4))
+            elif task == "normal":
+                panels += [colorize_normal(g), colorize_normal(p)]
+                panels.append(colorize_angle_error(p, g))
+        for c, (title, _) in enumerate(cols):
+            ax = axes[r][c]
+            ax.imshow(panels[c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+    return _png(fig)

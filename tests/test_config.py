@@ -1,0 +1,54 @@
+"""load_config: defaults <- YAML <- overrides; every bad key or value is a one-line ConfigError."""
+
+import pytest
+
+from cvmtl.config import Config, ConfigError, load_config, save_config
+
+
+def test_defaults_yaml_and_overrides_merge(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ndata: {num_classes: 40, crop: [64, 80]}\ntrain: {lr: 1e-3}\n")
+    overrides = ["data.crop=[96,128]", "train.lr=2e-4", "model.pretrained=true"]
+    overrides += ["loss.balancer_args={weights: {seg: 2}}", "train.max_steps=null"]
+    cfg = load_config(path, overrides)
+    assert isinstance(cfg, Config) and cfg.name == "x"
+    assert cfg.data.num_classes == 40  # from YAML
+    assert cfg.data.crop == [96, 128]  # override parsed as a YAML list, wins over the file
+    assert cfg.train.lr == pytest.approx(2e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.model.pretrained is True and cfg.train.max_steps is None
+    assert cfg.loss.balancer_args == {"weights": {"seg": 2}}
+    assert cfg.data.format == "cvmtl" and cfg.train.batch_size == 8  # untouched defaults
+    save_config(cfg, tmp_path / "again.yaml")
+    assert load_config(tmp_path / "again.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("data.cropp=[1,2]", "data.cropp"),  # unknown key
+        ("nope=1", "nope"),
+        ("train.batch_size=abc", "train.batch_size"),  # wrong type
+        ("data.crop=[1,x]", "data.crop[1]"),
+        ("model.pretrained=3", "model.pretrained"),
+        ("train.amp=fp8", "train.amp"),  # bad choice
+        ("data.format=coco", "data.format"),
+        ("data.val_fraction=1.5", "data.val_fraction"),  # out of range
+        ("tasks=[seg,edges]", "tasks"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert key in message and "\n" not in message
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("data: {crop: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
+        load_config(tmp_path / "bad.yaml")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["train.lr"])

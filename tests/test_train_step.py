@@ -1,0 +1,216 @@
+"""train_step: loss-level and gradient-level paths against plain reference steps (one process)."""
+
+import copy
+
+import pytest
+import torch
+from tinymtl import TinyMTL, make_batch, tiny_cfg
+
+from cvmtl.balancers import build_balancer
+from cvmtl.balancers.base import GradientBalancer
+from cvmtl.engine.step import train_step
+from cvmtl.losses import compute_losses
+
+TASKS = ["seg", "depth", "normal"]
+
+
+class WeightedSum(GradientBalancer):
+    """Fixed weights at the gradient level: the update is ``w @ grads``."""
+
+    def __init__(self, tasks, weights=None):
+        super().__init__(tasks)
+        self.w = torch.tensor(weights or [1.0] * len(self.tasks), dtype=torch.float64)
+
+    def _weights_from_gram(self, gram, losses):
+        return self.w[self.active].to(gram)
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = TinyMTL(TASKS)
+    return model, copy.deepcopy(model)
+
+
+def _sgd(model, lr=0.1):
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def _plain_step(model, batch, cfg, weights=None):
+    """The reference: one backward of the weighted loss sum, one SGD step."""
+    opt = _sgd(model)
+    losses = compute_losses(model(batch["image"]), batch, cfg)
+    w = weights or {}
+    sum(w.get(t, 1.0) * v for t, v in losses.items()).backward()
+    opt.step()
+    opt.zero_grad()
+    return losses
+
+
+def _assert_same_params(a, b, atol=1e-6):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=atol, rtol=1e-5, msg=name)
+
+
+def test_fixed_equals_plain_loss_sum():
+    model, ref = _setup()
+    batch, cfg = make_batch(), tiny_cfg()
+    bal = build_balancer("fixed", TASKS, weights={"depth": 2.0})
+    out = train_step(model, batch, bal, _sgd(model), None, cfg)
+    _plain_step(ref, batch, cfg, {"depth": 2.0})
+    _assert_same_params(model, ref)
+    assert not out["skipped"] and out["reason"] is None
+    assert set(out["losses"]) == set(TASKS) and out["weights"].tolist() == [1.0, 2.0, 1.0]
+    assert not any(v.requires_grad for v in out["losses"].values())
+
+
+@pytest.mark.parametrize("source", ["features", "params"])
+def test_gradient_sum_equals_plain_loss_sum(source):
+    model, ref = _setup()
+    batch, cfg = make_batch(), tiny_cfg(grad_source=source)
+    out = train_step(model, batch, WeightedSum(TASKS), _sgd(model), None, cfg)
+    _plain_step(ref, batch, cfg)
+    _assert_same_params(model, ref)
+    assert out["weights"].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("source", ["features", "params"])
+def test_heads_get_only_their_own_task_gradient(source):
+    model, _ = _setup()
+    batch, cfg = make_batch(), tiny_cfg(grad_source=source)
+    bal = WeightedSum(TASKS, [3.0, 0.5, 2.0])
+    train_step(model, batch, bal, _sgd(model), None, cfg, step=False)
+    losses = compute_losses(model(batch["image"]), batch, cfg)
+    for task in TASKS:
+        params = list(model.task_parameters(task))
+        expected = torch.autograd.grad(losses[task], params, retain_graph=True)
+        for p, g in zip(params, expected):
+            torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+    # shared parameters: the weighted sum of the task gradients
+    shared = list(model.shared_parameters())
+    total = sum(w * losses[t] for w, t in zip([3.0, 0.5, 2.0], TASKS))
+    for p, g in zip(shared, torch.autograd.grad(total, shared)):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("balancer", ["fixed", "gradient"])
+def test_absent_task_is_left_out(balancer):
+    model, ref = _setup()
+    batch, cfg = make_batch(), tiny_cfg()
+    batch["has"]["depth"][:] = False
+    bal = build_balancer("fixed", TASKS) if balancer == "fixed" else WeightedSum(TASKS)
+    opt = _sgd(model)
+    out = train_step(model, batch, bal, opt, None, cfg, step=False)
+    assert set(out["losses"]) == {"seg", "normal"}
+    assert out["weights"].tolist() == [1.0, 0.0, 1.0]
+    assert all(p.grad is None for p in model.task_parameters("depth"))
+    opt.step()
+    _plain_step(ref, batch, cfg)
+    _assert_same_params(model, ref)
+
+
+@pytest.mark.parametrize("source", ["loss", "features", "params"])
+def test_nan_loss_skips_step_and_names_task(source):
+    model, ref = _setup()
+    batch = make_batch()
+    cfg = tiny_cfg(grad_source="params" if source == "params" else "features")
+    with torch.no_grad():
+        model.heads["normal"][2].bias.fill_(float("nan"))
+    ref.load_state_dict(model.state_dict())
+    bal = build_balancer("fixed", TASKS) if source == "loss" else WeightedSum(TASKS)
+    out = train_step(model, batch, bal, _sgd(model), None, cfg)
+    assert out["skipped"] and "normal" in out["reason"] and "loss" in out["reason"]
+    assert torch.equal(model.backbone[0].weight, ref.backbone[0].weight)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("source", ["features", "params"])
+def test_nonfinite_task_gradient_skips_and_names_task(source):
+    model, ref = _setup()
+    model.inject["depth"] = float("inf")
+    out = train_step(
+        model, make_batch(), WeightedSum(TASKS), _sgd(model), None, tiny_cfg(grad_source=source)
+    )
+    assert out["skipped"] and out["reason"] == "non-finite gradient: depth"
+    _assert_same_params(model, ref, atol=0)
+
+
+def test_fp16_scaler_overflow_is_skipped_and_backs_off():
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    # unscaling is exact: with a finite step the scaler changes nothing
+    model, ref = _setup()
+    batch = make_batch()
+    for source in ("features", "params"):
+        cfg = tiny_cfg(grad_source=source)
+        train_step(model, batch, WeightedSum(TASKS), _sgd(model), scaler, cfg)
+        _plain_step(ref, batch, cfg)
+        _assert_same_params(model, ref, atol=1e-5)
+    bal = build_balancer("fixed", TASKS)
+    train_step(model, batch, bal, _sgd(model), scaler, tiny_cfg())
+    _plain_step(ref, batch, tiny_cfg())
+    _assert_same_params(model, ref, atol=1e-5)
+    assert scaler.get_scale() == 2.0**10
+    # an overflow in the backbone (loss level) and in a per-task gradient (features) skip
+    for where, balancer, source in (
+        ("backbone", bal, "features"),
+        ("seg", WeightedSum(TASKS), "features"),
+    ):
+        model.inject = {where: float("inf")}
+        before = copy.deepcopy(model)
+        scale = scaler.get_scale()
+        out = train_step(model, batch, balancer, _sgd(model), scaler, tiny_cfg(grad_source=source))
+        assert out["skipped"], where
+        assert scaler.get_scale() == scale / 2
+        _assert_same_params(model, before, atol=0)
+    assert out["reason"] == "fp16 overflow (non-finite gradient: seg)"
+
+
+def test_accumulation_equals_one_big_batch():
+    model, ref = _setup()
+    batch, cfg = make_batch(n=4), tiny_cfg(grad_source="params")
+    cfg.train.accumulate = 2
+    opt = _sgd(model)
+    for k in range(2):
+        half = {key: v[2 * k : 2 * k + 2] for key, v in batch.items() if key != "has"}
+        half["has"] = {t: h[2 * k : 2 * k + 2] for t, h in batch["has"].items()}
+        train_step(model, half, WeightedSum(TASKS), opt, None, cfg, step=k == 1)
+    # same number of valid pixels per half is not guaranteed: compare to the mean of half-losses
+    opt_ref = _sgd(ref)
+    for k in range(2):
+        half = {key: v[2 * k : 2 * k + 2] for key, v in batch.items() if key != "has"}
+        half["has"] = {t: h[2 * k : 2 * k + 2] for t, h in batch["has"].items()}
+        losses = compute_losses(ref(half["image"]), half, cfg)
+        (sum(losses.values()) / 2).backward()
+    opt_ref.step()
+    _assert_same_params(model, ref)
+
+
+def test_soft_sharing_rejects_gradient_balancers():
+    model, _ = _setup()
+    cfg = tiny_cfg()
+    cfg.model.sharing = "soft"
+    with pytest.raises(ValueError, match="sharing=soft"):
+        train_step(model, make_batch(), WeightedSum(TASKS), _sgd(model), None, cfg)
+
+
+@pytest.mark.parametrize("name,amp", [("fixed", "bf16"), ("mgda", "none")])
+def test_real_resnet18_model_steps(name, amp):
+    pytest.importorskip("timm")
+    from cvmtl.models.build import build_model
+
+    cfg = tiny_cfg(grad_source="features")
+    cfg.model.neck_channels, cfg.model.head_channels = 32, 16
+    cfg.train.amp = amp
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = make_batch(n=2, size=64)
+    bal = build_balancer(name, TASKS)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = train_step(model, batch, bal, torch.optim.SGD(model.parameters(), 0.1), None, cfg)
+    assert not out["skipped"], out["reason"]
+    assert set(out["losses"]) == set(TASKS)
+    assert all(v.dtype == torch.float32 for v in out["losses"].values())
+    # timm zero-initialises each residual block's last BN gamma, so the blocks' inner convs get
+    # no gradient in the first step; everything else must move.
+    still = [n for n, p in model.named_parameters() if torch.equal(before[n], p)]
+    assert all(".layer" in n and "bn2" not in n and "downsample" not in n for n in still), still
+    assert any(n.startswith("heads.") for n in before) and len(still) < len(before) / 2
