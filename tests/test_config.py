@@ -52,3 +52,12 @@ def test_bad_yaml_and_missing_file(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(None, ["train.lr"])
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        assert load_config(path).tasks  # loads and validates

@@ -175,3 +175,11 @@ def test_model_ema():
     d = 2 / 11
     torch.testing.assert_close(ema.module.weight, d * start + (1 - d) * net.weight.detach())
     assert not ema.module.weight.requires_grad
+
+
+@pytest.mark.slow
+def test_fit_compile(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "runs", train__compile="true", train__max_steps=2)
+    fit(cfg)
+    keys = set(load_checkpoint(tmp_path / "runs/tiny/last.pt")["model"])
+    assert keys and not any("_orig_mod" in k for k in keys)  # names of the plain model

@@ -81,3 +81,17 @@ def test_syncbn_without_ddp_trains_as_bn(tiny_data, tmp_path):
     # SyncBatchNorm has no CPU implementation.)
     cfg = tiny_config(tiny_data, tmp_path / "runs", model__norm="syncbn", train__max_steps=1)
     assert fit(cfg)["step"] == 1
+
+
+@pytest.mark.slow
+def test_torchrun_syncbn_on_cpu_is_refused(tiny_data, tmp_path):
+    args = tiny_overrides(tiny_data, tmp_path / "runs", model__norm="syncbn", train__max_steps=1)
+    cmd = [
+        PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        str(REPO / "tools" / "train.py"), *args,
+    ]  # fmt: skip
+    env = dict(subprocess_env(), GLOO_SOCKET_IFNAME="lo")
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, timeout=300, capture_output=True)
+    assert done.returncode != 0
+    assert "model.norm=syncbn needs CUDA" in done.stderr.decode()

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: metrics.json (with delta_m when baselines are known), report.md, report.html.
+"""Evaluate a checkpoint: metrics.json (delta_m when baselines are known), report.md, report.html.
 
     python tools/eval.py --checkpoint runs/<name>/best.pt [--split test] [--out DIR]
                          [--baselines F.json] [--tta] [--num-samples 4] [key=value ...]

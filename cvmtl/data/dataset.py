@@ -33,7 +33,7 @@ def carve_ids(ids: Sequence[str], fraction: float, seed: int) -> tuple[list[str]
 
 def resolve_split_ids(
     root: Path | str,
-    fmt: str,
+    format: str,
     split: str,
     val_fraction: float = 0.0,
     seed: int = 0,
@@ -44,12 +44,12 @@ def resolve_split_ids(
     ``train_split`` and ``train_split`` is what is left; any other name reads its own split
     (``test`` = the held-out test split of every format)."""
     if val_fraction <= 0:
-        return list_ids(root, fmt, split)
+        return list_ids(root, format, split)
     if split == train_split:
-        return carve_ids(list_ids(root, fmt, train_split), val_fraction, seed)[0]
+        return carve_ids(list_ids(root, format, train_split), val_fraction, seed)[0]
     if split == val_split:
-        return carve_ids(list_ids(root, fmt, train_split), val_fraction, seed)[1]
-    return list_ids(root, fmt, split)
+        return carve_ids(list_ids(root, format, train_split), val_fraction, seed)[1]
+    return list_ids(root, format, split)
 
 
 class DenseDataset(Dataset):
@@ -100,9 +100,14 @@ class DenseDataset(Dataset):
     def load_raw(self, index: int) -> dict[str, Any]:
         """The untransformed sample at ``index`` (raises DataError on bad data)."""
         return load_sample(
-            self.root, self.format, self.split, self.ids[index], self.tasks, self.num_classes,
+            self.root,
+            self.format,
+            self.split,
+            self.ids[index],
+            self.tasks,
+            self.num_classes,
             self.info,
-        )  # fmt: skip
+        )  # format: skip
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)

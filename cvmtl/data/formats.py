@@ -29,29 +29,29 @@ DEFAULT_CLASSES = {"cvmtl": 13, "nyuv2_npy": 13, "nyud_mt": 40}
 __all__ = ["DataError", "FORMATS", "list_ids", "load_dataset_info", "load_sample", "split_source"]
 
 
-def _check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown data format {fmt!r} (available: {', '.join(FORMATS)})")
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise ValueError(f"unknown data format {format!r} (available: {', '.join(FORMATS)})")
 
 
-def load_dataset_info(root: Path | str, fmt: str) -> dict[str, Any]:
+def load_dataset_info(root: Path | str, format: str) -> dict[str, Any]:
     """name, classes, palette, ignore_index, depth_scale, intrinsics of a dataset.
 
     ``cvmtl`` reads ``root/dataset.yaml`` (NYU-13 defaults where it is absent); ``nyuv2_npy`` is
     NYU-13 and ``nyud_mt`` NYU-40, both at the NYU intrinsics (of the 480x640 frames).
     """
-    _check_format(fmt)
-    classes, palette = classes_and_palette(DEFAULT_CLASSES[fmt])
+    _check_format(format)
+    classes, palette = classes_and_palette(DEFAULT_CLASSES[format])
     info: dict[str, Any] = {
         "name": Path(root).name,
         "classes": classes,
         "palette": palette,
         "ignore_index": IGNORE_INDEX,
         "depth_scale": io.DEPTH_SCALE,
-        "intrinsics": None if fmt == "nyuv2_npy" else dict(NYU_INTRINSICS),  # npy is 288x384
+        "intrinsics": None if format == "nyuv2_npy" else dict(NYU_INTRINSICS),  # npy is 288x384
     }
     path = Path(root) / "dataset.yaml"
-    if fmt != "cvmtl":
+    if format != "cvmtl":
         return info
     if not path.is_file():
         log.warning("%s not found: assuming the NYUv2 13 classes", path)
@@ -72,13 +72,13 @@ def load_dataset_info(root: Path | str, fmt: str) -> dict[str, Any]:
     return info
 
 
-def split_source(root: Path | str, fmt: str, split: str) -> Path:
+def split_source(root: Path | str, format: str, split: str) -> Path:
     """The file (cvmtl, nyud_mt) or folder (nyuv2_npy) that defines ``split``."""
-    _check_format(fmt)
+    _check_format(format)
     root = Path(root)
-    if fmt == "cvmtl":
+    if format == "cvmtl":
         return root / "splits" / f"{split}.txt"
-    if fmt == "nyuv2_npy":
+    if format == "nyuv2_npy":
         return root / ("val" if split == "test" else split)
     path = root / "gt_sets" / f"{split}.txt"
     if split == "test" and not path.is_file():
@@ -86,10 +86,10 @@ def split_source(root: Path | str, fmt: str, split: str) -> Path:
     return path
 
 
-def list_ids(root: Path | str, fmt: str, split: str) -> list[str]:
+def list_ids(root: Path | str, format: str, split: str) -> list[str]:
     """The ids of ``split``; a missing split is a DataError listing the splits that exist."""
-    source = split_source(root, fmt, split)
-    if fmt == "nyuv2_npy":
+    source = split_source(root, format, split)
+    if format == "nyuv2_npy":
         folder = source / "image"
         if not folder.is_dir():
             raise DataError(f"split {split!r} not found: {folder} is missing (splits: train, val)")
@@ -105,6 +105,8 @@ def list_ids(root: Path | str, fmt: str, split: str) -> list[str]:
 
 
 def _check_seg(seg: np.ndarray, num_classes: int, path: Path, sid: str) -> np.ndarray:
+    if seg.min(initial=0) >= 0 and seg.max(initial=0) < num_classes:  # the common case, cheap
+        return seg.astype(np.int64, copy=False)
     bad = (seg != IGNORE_INDEX) & ((seg < 0) | (seg >= num_classes))
     if bad.any():
         values = np.unique(seg[bad])[:5].tolist()
@@ -112,7 +114,7 @@ def _check_seg(seg: np.ndarray, num_classes: int, path: Path, sid: str) -> np.nd
             f"segmentation labels {values} outside 0..{num_classes - 1} (255 = ignore): "
             f"{path} (id {sid!r})"
         )
-    return seg.astype(np.int64)
+    return seg.astype(np.int64, copy=False)
 
 
 def _clean_depth(depth: np.ndarray) -> np.ndarray:
@@ -250,7 +252,7 @@ def _read_nyud_mt(root: Path, sid: str, tasks: Sequence[str], num_classes: int) 
 
 def load_sample(
     root: Path | str,
-    fmt: str,
+    format: str,
     split: str,
     sample_id: str,
     tasks: Sequence[str] = TASKS,
@@ -258,21 +260,23 @@ def load_sample(
     info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read one raw sample of ``tasks``; missing labels are filled and flagged in ``has``."""
-    _check_format(fmt)
+    _check_format(format)
     root = Path(root)
-    num_classes = num_classes or DEFAULT_CLASSES[fmt]
-    if fmt == "cvmtl":
+    num_classes = num_classes or DEFAULT_CLASSES[format]
+    if format == "cvmtl":
         raw = _read_cvmtl(root, sample_id, tasks, num_classes, info or {})
-    elif fmt == "nyuv2_npy":
-        raw = _read_nyuv2_npy(split_source(root, fmt, split), sample_id, tasks, num_classes)
+    elif format == "nyuv2_npy":
+        raw = _read_nyuv2_npy(split_source(root, format, split), sample_id, tasks, num_classes)
     else:
         raw = _read_nyud_mt(root, sample_id, tasks, num_classes)
     image = raw["image"]
     h, w = image.shape[:2]
     sample: dict[str, Any] = {"image": image}
-    fills = {"seg": lambda: np.full((h, w), IGNORE_INDEX, np.int64),
-             "depth": lambda: np.zeros((h, w), np.float32),
-             "normal": lambda: np.zeros((h, w, 3), np.float32)}  # fmt: skip
+    fills = {
+        "seg": lambda: np.full((h, w), IGNORE_INDEX, np.int64),
+        "depth": lambda: np.zeros((h, w), np.float32),
+        "normal": lambda: np.zeros((h, w, 3), np.float32),
+    }  # format: skip
     has = {}
     for task in tasks:
         if task not in fills:

@@ -235,8 +235,9 @@ def shade(scene: Scene, hit: dict, rng: np.random.Generator) -> tuple[np.ndarray
     glass = np.zeros(h * w, bool)
     flat_pid, flat_face = pid.ravel(), hit["face"].ravel()
     order = np.argsort(flat_pid.astype(np.int16), kind="stable")  # radix sort: fast
-    ids, starts = np.unique(flat_pid[order], return_index=True)
-    bounds = np.r_[starts, len(order)]
+    counts = np.bincount(flat_pid)
+    ids = np.nonzero(counts)[0]
+    bounds = np.r_[0, np.cumsum(counts[ids])]  # pixels of ids[k]: order[bounds[k]:bounds[k+1]]
     P = np.stack([x.ravel() for x in pc], 1)
     for k, i in enumerate(ids):
         sel = order[bounds[k] : bounds[k + 1]]

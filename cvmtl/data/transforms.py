@@ -34,8 +34,11 @@ def _rng(rng_seed: int | Sequence[int] | None) -> np.random.Generator:
 
 def renormalize(normal: np.ndarray) -> np.ndarray:
     """Scale non-zero normals (HxWx3) to unit length; zero (invalid) ones stay zero."""
-    norm = np.linalg.norm(normal, axis=2, keepdims=True)
-    return np.where(norm > 1e-6, normal / np.maximum(norm, 1e-6), 0).astype(np.float32)
+    normal = normal.astype(np.float32, copy=False)
+    sq = np.einsum("...c,...c->...", normal, normal)
+    scale = np.float32(1.0) / np.sqrt(np.maximum(sq, np.float32(1e-12)))
+    scale[sq < 1e-12] = 0
+    return normal * scale[..., None]
 
 
 def to_tensors(sample: dict[str, Any], mean: Sequence[float], std: Sequence[float]) -> dict:

@@ -147,8 +147,8 @@ def _evaluate_best(bcfg: Config, roles: list[str]) -> dict[str, dict]:
     """Metrics of ``best.pt`` of a baseline on the split roles that exist (main process)."""
     from cvmtl.data.loader import build_loaders
     from cvmtl.engine.checkpoint import load_checkpoint
-    from cvmtl.engine.evaluator import evaluate
     from cvmtl.engine.eval_run import load_model, pick_device
+    from cvmtl.engine.evaluator import evaluate
 
     path = bcfg.run_dir / "best.pt"
     if not path.is_file():

@@ -130,9 +130,7 @@ def run_eval(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     info = load_dataset_info(cfg.data.root, cfg.data.format)
-    write_report(
-        out_dir, metrics, cfg=cfg, stats=stats, samples=samples, baselines=base, info=info
-    )
+    write_report(out_dir, metrics, cfg=cfg, stats=stats, samples=samples, baselines=base, info=info)
     return metrics
 
 

@@ -52,9 +52,7 @@ def set_modes(model: nn.Module, trainable: list[nn.Module]) -> None:
         module.train()
 
 
-def train_task(
-    model: nn.Module, cfg: Config, task: str, loader: Any, device: torch.device
-) -> int:
+def train_task(model: nn.Module, cfg: Config, task: str, loader: Any, device: torch.device) -> int:
     """Fine-tune ``model`` in place on ``task`` for ``cfg.finetune.epochs``; return the steps."""
     from cvmtl.balancers import build_balancer
     from cvmtl.data.loader import batches_per_epoch, set_epoch
@@ -90,9 +88,7 @@ def train_task(
     return steps
 
 
-def finetune(
-    cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None
-) -> dict[str, Any]:
+def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None) -> dict[str, Any]:
     """Fine-tune each task of ``tasks`` (default ``cfg.finetune.tasks`` or all) from
     ``checkpoint``; write ``finetune/<task>.pt`` and ``finetune.json`` into the run folder and
     return finetune.json's content."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 
@@ -31,6 +33,30 @@ def _json_value(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     return v
+
+
+class LossWindow:
+    """Per-task loss sums over a logging window, kept on the device: the only host sync is in
+    :meth:`values`, once per ``train.log_every`` steps."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.images, self.t0 = 0, 0, time.perf_counter()
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        for task, loss in losses.items():
+            loss = loss.detach().float()
+            self.sums[task] = self.sums[task] + loss if task in self.sums else loss
+        self.steps += 1
+
+    def values(self, tasks: list[str], weights: torch.Tensor | None, lr: float) -> dict:
+        """``loss/<task>`` (window means), ``weight/<task>`` (last step), ``lr``, ``img_s``."""
+        out = {f"loss/{t}": float(v) / max(1, self.steps) for t, v in self.sums.items()}
+        if weights is not None:
+            out.update({f"weight/{t}": w for t, w in zip(tasks, weights.float().cpu().tolist())})
+        out["lr"] = lr
+        out["img_s"] = self.images / max(1e-9, time.perf_counter() - self.t0)
+        return out
 
 
 class RunLogger:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cvmtl.engine.distributed import is_dist
+from cvmtl.engine.distributed import all_reduce_sum, is_dist
 from cvmtl.tasks import get_task, higher_is_better
 
 
@@ -80,6 +80,43 @@ class GracefulStop:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def stop_agreed(stop: GracefulStop, device: torch.device) -> bool:
+    """Whether to stop now; under DDP all ranks agree (a signal may reach them at different
+    steps, and a rank that stops alone would hang the others in the next all-reduce)."""
+    if not is_dist():
+        return stop.requested
+    flag = torch.tensor([1.0 if stop.requested else 0.0], device=device)
+    all_reduce_sum(flag)
+    if flag.item() > 0 and stop.signum is None:
+        stop.signum = 15  # another rank got the signal; stop with it
+    return flag.item() > 0
+
+
+class BufferGuard:
+    """A copy of the model's buffers (BatchNorm running statistics) taken before each batch, so
+    that a skipped (non-finite) batch can be undone: its statistics would poison evaluation."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.buffers = list(model.buffers())
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    def snapshot(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.saved, self.buffers)
+
+    def restore(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.buffers, self.saved)
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The lr of the non-backbone parameters (the one ``train.lr`` names)."""
+    for group in optimizer.param_groups:
+        if group.get("name") == "rest":
+            return float(group["lr"])
+    return float(optimizer.param_groups[0]["lr"])
 
 
 class BestTracker:

@@ -14,7 +14,7 @@ consecutive non-finite steps (the previous ``last.pt`` is kept).
 
 from __future__ import annotations
 
-import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,18 @@ from torch import nn
 from cvmtl.config import Config, save_config, to_dict
 from cvmtl.engine import distributed as du
 from cvmtl.engine.checkpoint import load_checkpoint, preserved_rng
-from cvmtl.engine.logging import RunLogger, flat_metrics, prediction_panels
+from cvmtl.engine.logging import LossWindow, RunLogger, flat_metrics, prediction_panels
 from cvmtl.engine.optim import ModelEMA, build_optimizer, build_scheduler
 from cvmtl.engine.resume import Run, TrainState, config_changes, restore_state
 from cvmtl.engine.runstate import (
     BestTracker,
+    BufferGuard,
+    base_lr,
     broadcast_module,
     check_amp,
     compile_children,
     seed_everything,
+    stop_agreed,
 )
 
 
@@ -155,7 +158,7 @@ def _fit(cfg: Config, resume: Any, distributed: bool, device: torch.device) -> d
             if has_val and every > 0 and ((finished_epoch and state.epoch % every == 0) or done):
                 val_results, is_best = validate(run, epoch_done)
             run.save(best=is_best)
-            if _stop_agreed(run):
+            if stop_agreed(run.stop, run.device):
                 logger.info(f"stopped by signal {run.stop.signum} at step {state.step}")
                 return run.summary(val_results, test_results, interrupted=run.stop.signum)
         logger.close_progress()
@@ -179,11 +182,12 @@ def train_one_epoch(run: Run) -> bool:
     per_epoch = run.steps_per_epoch * accumulate  # micro-batches this epoch will use
     loader = run.loaders["train"]
     set_epoch({"train": loader}, state.epoch, state.batch)
-    with preserved_rng():  # the iterator draws a base seed from the global RNG; keep it out
+    with preserved_rng():  # a loader without its own generator seeds workers from the global RNG
         batches = iter(loader)
-    run.model.train()
-    window = _Window(cfg.tasks)
-    buffers = _BufferGuard(run.model)
+    model, balancer, optimizer = run.model, run.balancer, run.optimizer
+    model.train()
+    window = LossWindow()
+    buffers = BufferGuard(run.model)
     while state.batch < per_epoch:
         try:
             batch = next(batches)
@@ -198,7 +202,6 @@ def train_one_epoch(run: Run) -> bool:
         state.batch += 1
         do_step = state.batch % accumulate == 0
         buffers.snapshot()
-        model, balancer, optimizer = run.model, run.balancer, run.optimizer
         out = train_step(model, batch, balancer, optimizer, run.scaler, cfg, step=do_step)
         window.images += batch["image"].shape[0] * run.world
         if out["skipped"] and "fp16 overflow" not in (out["reason"] or ""):
@@ -208,22 +211,26 @@ def train_one_epoch(run: Run) -> bool:
                 logger.info(f"step {state.step + 1}: a micro-batch was left out ({out['reason']})")
             continue
         state.step += 1
-        run.scheduler.step()
+        with warnings.catch_warnings():
+            # a skipped step (e.g. an fp16 overflow) still advances the schedule; torch warns
+            # that the optimizer did not step first, which is intended here
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
+            run.scheduler.step()
         logger.advance()
         if out["skipped"]:
             _skipped_step(run, out)
         else:
             state.bad_steps = 0
-            window.add(out)
+            window.add(out["losses"])
             if run.ema is not None:
-                run.ema.update(run.model)
+                run.ema.update(model)
         if state.step % log_every == 0 or state.step == run.total_steps:
             _log_train(run, window, out)
-            window = _Window(cfg.tasks)
+            window = LossWindow()
         save_every = cfg.train.save_every
         if save_every > 0 and state.step % save_every == 0 and state.batch < per_epoch:
             run.save()  # at an epoch end the caller saves (after validation)
-        if _stop_agreed(run) or state.step >= run.total_steps:
+        if stop_agreed(run.stop, run.device) or state.step >= run.total_steps:
             break
     return state.batch >= per_epoch
 
@@ -248,70 +255,11 @@ def _skipped_step(run: Run, out: dict) -> None:
         )
 
 
-class _BufferGuard:
-    """A copy of the model's buffers (BatchNorm running statistics) taken before each batch."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.buffers = list(model.buffers())
-        self.saved = [b.detach().clone() for b in self.buffers]
-
-    def snapshot(self) -> None:
-        if self.buffers:
-            torch._foreach_copy_(self.saved, self.buffers)
-
-    def restore(self) -> None:
-        if self.buffers:
-            torch._foreach_copy_(self.buffers, self.saved)
-
-
-class _Window:
-    """Per-task loss sums over a logging window, kept on the device (no host sync per step)."""
-
-    def __init__(self, tasks: list[str]) -> None:
-        self.tasks, self.sums, self.steps = tasks, {}, 0
-        self.images, self.t0 = 0, time.perf_counter()
-
-    def add(self, out: dict) -> None:
-        for task, loss in out.get("losses", {}).items():
-            loss = loss.detach().float() if torch.is_tensor(loss) else torch.tensor(float(loss))
-            self.sums[task] = self.sums[task] + loss if task in self.sums else loss
-        self.steps += 1
-
-
-def _log_train(run: Run, window: _Window, out: dict) -> None:
-    state = run.state
-    values: dict[str, float] = {}
-    for task, total in window.sums.items():  # the one host sync of the window
-        values[f"loss/{task}"] = float(total) / max(1, window.steps)
-    weights = out.get("weights")  # [T] in balancer.tasks order
-    if weights is not None:
-        for task, w in zip(run.balancer.tasks, weights.float().cpu().tolist()):
-            values[f"weight/{task}"] = w
-    values["lr"] = _base_lr(run.optimizer)
-    values["img_s"] = window.images / max(1e-9, time.perf_counter() - window.t0)
-    run.logger.log(state.step, state.epoch, "train", values)
+def _log_train(run: Run, window: LossWindow, out: dict) -> None:
+    values = window.values(run.balancer.tasks, out.get("weights"), base_lr(run.optimizer))
+    run.logger.log(run.state.step, run.state.epoch, "train", values)
     short = {k.removeprefix("loss/"): v for k, v in values.items() if k.startswith("loss/")}
     run.logger.postfix({**short, "lr": values["lr"], "img/s": values["img_s"]})
-
-
-def _base_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The lr of the non-backbone parameters (the one ``train.lr`` names)."""
-    for group in optimizer.param_groups:
-        if group.get("name") == "rest":
-            return float(group["lr"])
-    return float(optimizer.param_groups[0]["lr"])
-
-
-def _stop_agreed(run: Run) -> bool:
-    """Whether to stop now; under DDP all ranks agree (a signal may reach them at different
-    steps, and a rank that stops alone would hang the others in the next all-reduce)."""
-    if not du.is_dist():
-        return run.stop.requested
-    flag = torch.tensor([1.0 if run.stop.requested else 0.0], device=run.device)
-    du.all_reduce_sum(flag)
-    if flag.item() > 0 and run.stop.signum is None:
-        run.stop.signum = 15  # another rank got the signal; stop with it
-    return flag.item() > 0
 
 
 def validate(run: Run, epoch: int) -> tuple[dict, bool]:

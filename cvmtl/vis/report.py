@@ -183,6 +183,8 @@ def render_html(doc: dict[str, Any], charts: dict[str, bytes]) -> str:
     for key, title in titles.items():
         if key in charts:
             parts += [f"<h2>{esc(title)}</h2>", _img(charts[key], title)]
+            if key in doc.get("captions", {}):
+                parts.append(f'<p class="note">{esc(doc["captions"][key])}</p>')
     body = "\n".join(parts)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -238,6 +240,11 @@ def write_report(
         "classes": info.get("classes"),
         "palette": info.get("palette"),
         "published": [],
+        "captions": {
+            "samples": f"depth: turbo colormap over 0-{cfg.eval.max_depth:g} m; depth error: "
+            f"magma over 0-{cfg.eval.max_depth / 4:g} m; normal error: magma over 0-45 degrees; "
+            "black = ignore / invalid",
+        },
     }
     if is_nyu(cfg.data.format, name):
         doc["published"] = published_tables(metrics["metrics"], cfg.data.num_classes)

@@ -42,7 +42,7 @@ def iou_chart(iou_per_class: Sequence[float | None], class_names: Sequence[str])
     n = len(iou_per_class)
     names = [str(class_names[i]) if i < len(class_names) else f"class {i}" for i in range(n)]
     values = [float("nan") if v is None else float(v) for v in iou_per_class]
-    fig = _figure(7.5, 0.8 + 0.28 * n)
+    fig = _figure(10.0, 0.9 + 0.28 * n)
     ax = fig.add_subplot()
     y = np.arange(n)
     ax.barh(y, [0.0 if math.isnan(v) else v for v in values], color="#4c72b0")
@@ -62,7 +62,7 @@ def delta_chart(per_metric: dict[str, float]) -> bytes:
     """Bars of delta_m per metric (%, positive = better than the single-task baseline)."""
     names = list(per_metric)
     values = [float(per_metric[k]) for k in names]
-    fig = _figure(7.5, 0.8 + 0.3 * len(names))
+    fig = _figure(10.0, 0.9 + 0.3 * len(names))
     ax = fig.add_subplot()
     colors = ["#55a868" if v >= 0 else "#c44e52" for v in values]
     ax.barh(np.arange(len(names)), values, color=colors)
@@ -81,7 +81,7 @@ def depth_bins_chart(bins: dict[str, list]) -> bytes:
     count = np.asarray(bins["count"], dtype=float)
     err = np.asarray([np.nan if v is None else v for v in bins["abs_err"]], dtype=float)
     centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    fig = _figure(7.5, 3.6)
+    fig = _figure(10.0, 4.0)
     ax = fig.add_subplot()
     share = count / max(count.sum(), 1.0) * 100
     ax.bar(centers, share, width=width * 0.9, color="#dddddd", label="pixels (%)")
@@ -91,27 +91,35 @@ def depth_bins_chart(bins: dict[str, list]) -> bytes:
     ax2.plot(centers, err, "o-", color="#c44e52", label="mean abs err (m)")
     ax2.set_ylabel("mean absolute error (m)")
     ax2.set_ylim(bottom=0)
+    used = np.nonzero(count > 0)[0]
+    if len(used):  # the range the split covers, not the whole eval range
+        ax.set_xlim(edges[0], edges[min(used[-1] + 2, len(edges) - 1)])
     ax.set_title("Depth error by distance")
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8,
+              framealpha=0.9)  # fmt: skip
     return _png(fig)
 
 
 def angle_chart(hist: dict[str, list], max_deg: float = 90.0) -> bytes:
     """Histogram of the normal angle error (pixel %) with its cumulative curve and the 11.25 /
-    22.5 / 30 degree thresholds; errors above ``max_deg`` are summed in the last bar."""
+    22.5 / 30 degree thresholds; errors above ``max_deg`` are summed in the last bar (the full
+    0-180 range is shown instead when over 5% of the pixels lie beyond it, e.g. early on)."""
     edges = np.asarray(hist["edges"], dtype=float)
     count = np.asarray(hist["count"], dtype=float)
     total = max(count.sum(), 1.0)
+    if count[edges[:-1] >= max_deg].sum() > 0.05 * total:
+        max_deg = float(edges[-1])
     keep = edges[:-1] < max_deg
     shown = count[keep].copy()
     if len(shown):
         shown[-1] += count[~keep].sum()
     left, width = edges[:-1][keep], np.diff(edges)[keep]
-    fig = _figure(7.5, 3.6)
+    fig = _figure(10.0, 4.0)
     ax = fig.add_subplot()
     ax.bar(left, shown / total * 100, width=width, align="edge", color="#4c72b0")
-    ax.set_xlabel(f"angle error (degrees; last bar: >= {left[-1] if len(left) else 0:g})")
+    beyond = edges[-1] > max_deg
+    ax.set_xlabel("angle error (degrees)" + (f"; last bar: >= {left[-1]:g}" if beyond else ""))
     ax.set_ylabel("pixels (%)")
     ax2 = ax.twinx()
     ax2.plot(edges[1:][keep], np.cumsum(count)[keep] / total * 100, color="#dd8452")
@@ -144,7 +152,9 @@ def sample_grid(
         if task in ("depth", "normal"):
             cols.append((f"{task} error", task))
     rows = len(samples)
-    fig = _figure(1.9 * len(cols), 1.75 * max(rows, 1) + 0.3)
+    h, w = samples[0]["image"].shape[-2:] if samples else (1, 1)
+    cell = 1.9  # inches per panel; rows follow the image aspect so no space is wasted
+    fig = _figure(cell * len(cols), (cell * h / w + 0.05) * max(rows, 1) + 0.35)
     axes = fig.subplots(max(rows, 1), len(cols), squeeze=False)
     for r, s in enumerate(samples):
         panels = [denormalize(s["image"], mean, std)]
