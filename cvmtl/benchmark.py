@@ -1,13 +1,16 @@
 """Speed / memory / FLOPs benchmark of a config's model on random data (no dataset needed).
 
-The training step is pluggable: :func:`run_benchmark` takes any ``step(model, batch, optimizer)``
-callable; :func:`simple_train_step` (sum of plain task losses, backward, optimizer step) is the
-default until the engine's ``train_step`` is swapped in (see :func:`engine_train_step`).
+One run measures, side by side: the training step (the engine's ``train_step`` by default, or
+any ``step(model, batch, optimizer)``), its phases (an instrumented copy, see
+:mod:`cvmtl.bench.phases`; ``data`` from a real loader with ``data=True``), evaluation images/s
+and the metrics' share, this machine's peak matmul rate (-> ``mfu``), and optionally the plain
+fp32 / NCHW / eager loop of the same model (-> ``speedup_vs_eager_fp32``). Sweeps and the loader
+benchmark live in :mod:`cvmtl.bench.sweep` and :mod:`cvmtl.bench.data`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import resource
 import statistics
 import time
@@ -18,46 +21,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvmtl.bench.timing import (
+    MemoryPeak,
+    load_average,
+    peak_matmul_flops,
+    resolve_device,
+    stats,
+    sync,
+    time_interleaved,
+)
 from cvmtl.config import Config, to_dict
 from cvmtl.models import build_model
 
+__all__ = ["random_batch", "resolve_device", "run_benchmark", "format_report", "count_flops"]
+
 TrainStep = Callable[[nn.Module, dict[str, Any], torch.optim.Optimizer], Any]
-
-# Dense bf16 peak FLOP/s of known accelerators, for MFU (None elsewhere).
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but torch.cuda.is_available() is False")
-    return torch.device(name)
-
-
-def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 / fp16 autocast per ``train.amp`` (fp16 only on CUDA), else a no-op."""
-    if cfg.train.amp == "none" or (cfg.train.amp == "fp16" and device.type != "cuda"):
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def random_batch(cfg: Config, batch_size: int, device: torch.device) -> dict[str, Any]:
     """A batch in the DESIGN batch contract with random values at ``data.crop``."""
     h, w = cfg.data.crop
     g = torch.Generator().manual_seed(0)
-    normal = F.normalize(torch.randn(batch_size, 3, h, w, generator=g), dim=1)
     batch = {
         "image": torch.randn(batch_size, 3, h, w, generator=g),
         "seg": torch.randint(0, cfg.data.num_classes, (batch_size, h, w), generator=g),
         "depth": torch.rand(batch_size, 1, h, w, generator=g) * cfg.model.max_depth,
-        "normal": normal,
+        "normal": F.normalize(torch.randn(batch_size, 3, h, w, generator=g), dim=1),
     }
     batch = {k: v.to(device) for k, v in batch.items()}
-    if cfg.train.channels_last:
-        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
     batch["has"] = {t: torch.ones(batch_size, dtype=torch.bool, device=device) for t in cfg.tasks}
     return batch
 
@@ -78,12 +69,16 @@ def simple_losses(preds: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict
 
 def simple_train_step(cfg: Config, device: torch.device) -> TrainStep:
     """Sum of :func:`simple_losses` (+ the soft-sharing penalty), backward, optimizer step."""
+    from cvmtl.engine.step import autocast_context
 
     def step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer) -> Any:
         optimizer.zero_grad(set_to_none=True)
-        with autocast(cfg, device):
-            preds = model(batch["image"])
-        loss = sum(simple_losses(preds, batch).values()) + _module(model).regularization()
+        image = batch["image"]
+        if cfg.train.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with autocast_context(cfg.train.amp, device):
+            preds = model(image)
+        loss = sum(simple_losses(preds, batch).values()) + model.regularization()
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -91,52 +86,36 @@ def simple_train_step(cfg: Config, device: torch.device) -> TrainStep:
     return step
 
 
-def engine_train_step(cfg: Config, device: torch.device) -> TrainStep:
+class EngineStep:
+    """The engine's ``train_step`` with its balancer and scaler, as ``step(model, batch, opt)``."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        from cvmtl.balancers import build_balancer
+        from cvmtl.engine.step import make_scaler
+
+        self.cfg = cfg
+        self.balancer = build_balancer(cfg.loss.balancer, cfg.tasks, **cfg.loss.balancer_args)
+        if isinstance(self.balancer, nn.Module):
+            self.balancer = self.balancer.to(device)
+        self.scaler = make_scaler(cfg, device)
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any], optimizer: Any) -> Any:
+        from cvmtl.engine.step import train_step
+
+        out = train_step(model, batch, self.balancer, optimizer, self.scaler, self.cfg)
+        if out["skipped"]:
+            raise RuntimeError(f"benchmark: the training step was skipped ({out['reason']})")
+        return out
+
+    def phased(self, model: nn.Module, batch: dict[str, Any], optimizer: Any) -> dict:
+        from cvmtl.bench.phases import phased_train_step
+
+        return phased_train_step(model, batch, self.balancer, optimizer, self.scaler, self.cfg)
+
+
+def engine_train_step(cfg: Config, device: torch.device) -> EngineStep:
     """The engine's ``train_step(model, batch, balancer, optimizer, scaler, cfg)`` as a step."""
-    from cvmtl.balancers import build_balancer
-    from cvmtl.engine.step import train_step
-
-    balancer = build_balancer(cfg.loss.balancer, cfg.tasks, **cfg.loss.balancer_args)
-    if isinstance(balancer, nn.Module):
-        balancer = balancer.to(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-
-    def step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer) -> Any:
-        return train_step(model, batch, balancer, optimizer, scaler, cfg)
-
-    return step
-
-
-def _module(model: nn.Module) -> nn.Module:
-    return getattr(model, "_orig_mod", model)  # torch.compile wrapper
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn: Callable[[], Any], iters: int, warmup: int, device: torch.device) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def _stats(times: list[float]) -> dict[str, float]:
-    # every time is kept: on shared machines the spread tells contention from speed
-    return {
-        "median": statistics.median(times),
-        "min": min(times),
-        "max": max(times),
-        "all": [round(t, 6) for t in times],
-    }
+    return EngineStep(cfg, device)
 
 
 def count_flops(model: nn.Module, cfg: Config, device: torch.device) -> int:
@@ -147,9 +126,29 @@ def count_flops(model: nn.Module, cfg: Config, device: torch.device) -> int:
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        _module(model)(image)
+        model(image)
     model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def eager_fp32_config(cfg: Config) -> Config:
+    """The plain loop: fp32, NCHW, no torch.compile (everything else as ``cfg``)."""
+    base = copy.deepcopy(cfg)
+    base.train.amp, base.train.channels_last, base.train.compile = "none", False, False
+    return base
+
+
+def prepare(cfg: Config, dev: torch.device, model: nn.Module | None = None) -> tuple:
+    """(model, optimizer) as the trainer sets them up: channels_last, compile, param groups."""
+    from cvmtl.engine.optim import build_optimizer
+    from cvmtl.engine.runstate import compile_children
+
+    model = (model or build_model(cfg)).to(dev)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        compile_children(model)
+    return model, build_optimizer(model, cfg.train)
 
 
 def run_benchmark(
@@ -158,91 +157,182 @@ def run_benchmark(
     warmup: int = 2,
     device: str | None = None,
     train_step: TrainStep | None = None,
+    *,
+    phases: bool = True,
+    data: bool = False,
+    evaluate: bool = True,
+    compare_eager_fp32: bool = False,
+    peak_size: int | None = 2048,
 ) -> dict[str, Any]:
-    """Time forward (eval) and train steps of ``cfg``'s model; DESIGN's benchmark JSON as a dict."""
+    """Benchmark ``cfg``'s model; DESIGN's benchmark JSON (plus more keys) as a dict.
+
+    ``train_step``: default the engine's (then ``phases`` times its instrumented copy).
+    ``data``: the ``data`` phase from a real loader (a generated synthetic dataset when
+    ``data.root`` holds none). ``peak_size``: side of the matmul that measures the peak
+    FLOP/s for ``mfu`` (None: no mfu).
+    """
     dev = resolve_device(device or cfg.train.device)
+    load_before = load_average()
     torch.manual_seed(cfg.train.seed)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its kernels
-    model = build_model(cfg).to(dev)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg)
     params = sum(p.numel() for p in model.parameters())
-    flops = count_flops(model, cfg, dev)
-    if cfg.train.compile:
-        model = torch.compile(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    step = train_step or simple_train_step(cfg, dev)
+    flops = count_flops(model, cfg, torch.device("cpu"))
+    eager = None
+    if compare_eager_fp32:  # same initial weights, built before anything touches them
+        base_cfg = eager_fp32_config(cfg)
+        base_model = copy.deepcopy(model).to(dev)
+        base_opt = torch.optim.AdamW(base_model.parameters(), lr=cfg.train.lr)  # plain for-loop
+        base_step = train_step or engine_train_step(base_cfg, dev)
+    model, optimizer = prepare(cfg, dev, model)
+    step = train_step or engine_train_step(cfg, dev)
     bs = cfg.train.batch_size
     batch = random_batch(cfg, bs, dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
 
     model.train()
-    train_times = _time(lambda: step(model, batch, optimizer), iters, warmup, dev)
+    fns = {"train": lambda: step(model, batch, optimizer)}
+    if compare_eager_fp32:
+        fns["eager_fp32"] = lambda: base_step(base_model, batch, base_opt)
+    for _ in range(warmup):  # compile / oneDNN kernels are picked on the first calls
+        step(model, batch, optimizer)
+    with MemoryPeak(dev) as mem:
+        step(model, batch, optimizer)
+        sync(dev)
+    times = time_interleaved(fns, iters, 1 if compare_eager_fp32 else 0, dev)
+    train_med = statistics.median(times["train"])
+    train = {"img_s": bs / train_med, "step_s": stats(times["train"]), "batch_size": bs}
+    train["phases"] = {}
+    if phases and isinstance(step, EngineStep):
+        train.update(_phases(step, model, optimizer, cfg, dev, iters, data, train_med))
+    result: dict[str, Any] = {"train": train}
+    if compare_eager_fp32:
+        eager = stats(times["eager_fp32"])
+        result["eager_fp32"] = {"img_s": bs / eager["median"], "step_s": eager}
+        result["speedup_vs_eager_fp32"] = eager["median"] / train_med
+        result["speedup_vs_eager_fp32_min"] = eager["min"] / min(times["train"])
+    if evaluate:
+        from cvmtl.bench.evalbench import eval_benchmark
 
-    eval_bs = cfg.data.eval_batch_size or bs
-    eval_batch = random_batch(cfg, eval_bs, dev)
-    model.eval()
+        eval_bs = cfg.data.eval_batch_size or bs
+        eval_batch = random_batch(cfg, eval_bs, dev)
+        result["eval"] = eval_benchmark(model, cfg, eval_batch, iters, warmup, dev)
+    result.update(_flops_and_mfu(cfg, dev, flops, bs / train_med, peak_size))
+    result.update(_memory(dev, mem))
+    result.update(
+        params=params,
+        flops_per_img=flops,
+        iters=iters,
+        warmup=warmup,
+        config=to_dict(cfg),
+        device=_device_desc(dev),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        load_avg={"before": load_before, "after": load_average()},
+    )
+    return result
 
-    def forward() -> None:
-        with torch.inference_mode(), autocast(cfg, dev):
-            model(eval_batch["image"])
 
-    eval_times = _time(forward, iters, warmup, dev)
+def _phases(step, model, optimizer, cfg, dev, iters, data, train_med) -> dict[str, Any]:
+    """Median seconds per phase over ``iters`` instrumented steps (after one warm-up)."""
+    batches = None
+    if data:
+        from cvmtl.bench.data import data_config, endless, train_loader
 
+        batches = endless(train_loader(data_config(cfg, (iters + 1) * cfg.train.batch_size)))
+    fixed = random_batch(cfg, cfg.train.batch_size, dev)
+    rows = []
+    for i in range(iters + 1):
+        wait = None
+        if batches is not None:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            wait = time.perf_counter() - t0
+        else:
+            batch = fixed
+        times = step.phased(model, batch, optimizer)
+        if i > 0:  # the first step warms the loader and the new input's kernels
+            rows.append({"data": wait, **times})
+    phases = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "data"}
+    data_s = statistics.median(r["data"] for r in rows) if batches is not None else None
+    total = sum(phases.values()) + (data_s or 0.0)
+    return {
+        "phases": {"data": data_s, **phases},
+        "phases_sum_s": total,
+        "phases_vs_step": sum(phases.values()) / train_med,
+    }
+
+
+def _flops_and_mfu(cfg, dev, flops, img_s, peak_size) -> dict[str, Any]:
+    # forward + backward ~ 3x the forward FLOPs (the usual MFU convention)
+    achieved = 3.0 * flops * img_s
+    out: dict[str, Any] = {"train_flop_s": achieved, "peak_flop_s": None, "mfu": None}
+    if peak_size:
+        peaks = {
+            "bf16": peak_matmul_flops(dev, torch.bfloat16, peak_size),
+            "fp32": peak_matmul_flops(dev, torch.float32, peak_size),
+        }
+        dtype = "fp32" if cfg.train.amp == "none" else "bf16"
+        if cfg.train.amp == "fp16":
+            peaks["fp16"] = peak_matmul_flops(dev, torch.float16, peak_size)
+            dtype = "fp16"
+        out.update(peak_flop_s=peaks, mfu_dtype=dtype, mfu=achieved / peaks[dtype])
+        out["peak_matmul_size"] = peak_size
+    return out
+
+
+def _memory(dev: torch.device, mem: MemoryPeak) -> dict[str, Any]:
     if dev.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
-        mem_kind = "cuda_max_memory_allocated"
-        name = torch.cuda.get_device_name(dev)
-        device_desc = f"cuda:{name}"
+        peak_mb, kind = torch.cuda.max_memory_allocated(dev) / 2**20, "cuda_max_memory_allocated"
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        mem_kind = "process_max_rss"
-        name = ""
-        device_desc = f"cpu ({torch.get_num_threads()} threads)"
-    train_med = statistics.median(train_times)
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    # forward + backward ~ 3x forward FLOPs
-    mfu = 3 * flops * bs / train_med / peak if peak and cfg.train.amp != "none" else None
+        kind = "process_max_rss"
     return {
-        "train": {
-            "img_s": bs / train_med,
-            "step_s": _stats(train_times),
-            "batch_size": bs,
-            "phases": {},
-        },
-        "eval": {
-            "img_s": eval_bs / statistics.median(eval_times),
-            "step_s": _stats(eval_times),
-            "batch_size": eval_bs,
-        },
         "peak_mem_mb": peak_mb,
-        "peak_mem_kind": mem_kind,
-        "params": params,
-        "flops_per_img": flops,
-        "mfu": mfu,
-        "iters": iters,
-        "warmup": warmup,
-        "config": to_dict(cfg),
-        "device": device_desc,
-        "torch": torch.__version__,
+        "peak_mem_kind": kind,
+        "train_step_mem_mb": mem.peak_mb,
+        "train_step_mem_kind": mem.kind,
     }
+
+
+def _device_desc(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(dev)}"
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def format_report(result: dict[str, Any]) -> str:
     """A few human-readable lines for the console."""
-    tr, ev = result["train"], result["eval"]
-    mfu = "n/a" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
-    return "\n".join(
-        [
-            f"device {result['device']}, torch {result['torch']}",
-            f"params {result['params'] / 1e6:.2f} M, forward {result['flops_per_img'] / 1e9:.2f} "
-            f"GFLOP/img",
-            f"train: {tr['step_s']['median']:.3f} s/step (min {tr['step_s']['min']:.3f}, max "
-            f"{tr['step_s']['max']:.3f}), {tr['img_s']:.1f} img/s, batch {tr['batch_size']}",
-            f"eval:  {ev['step_s']['median']:.3f} s/step (min {ev['step_s']['min']:.3f}, max "
-            f"{ev['step_s']['max']:.3f}), {ev['img_s']:.1f} img/s, batch {ev['batch_size']}",
-            f"peak memory {result['peak_mem_mb']:.0f} MiB ({result['peak_mem_kind']}), MFU {mfu}",
-        ]
+    tr = result["train"]
+    mfu = "n/a" if result.get("mfu") is None else f"{100 * result['mfu']:.1f}%"
+    s = tr["step_s"]
+    lines = [
+        f"device {result['device']}, torch {result['torch']}, load {result['load_avg']}",
+        f"params {result['params'] / 1e6:.2f} M, forward {result['flops_per_img'] / 1e9:.2f} "
+        f"GFLOP/img",
+        f"train: {s['median']:.3f} s/step (min {s['min']:.3f}, max {s['max']:.3f}), "
+        f"{tr['img_s']:.1f} img/s, batch {tr['batch_size']}, MFU {mfu}",
+    ]
+    if tr.get("phases"):
+        parts = ", ".join(
+            f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in tr["phases"].items()
+        )
+        lines.append(f"  phases (s, median): {parts}; sum/step {tr['phases_vs_step']:.2f}")
+    if "speedup_vs_eager_fp32" in result:
+        e = result["eager_fp32"]["step_s"]
+        lines.append(
+            f"eager fp32: {e['median']:.3f} s/step (min {e['min']:.3f}): speedup "
+            f"{result['speedup_vs_eager_fp32']:.2f}x (of minima "
+            f"{result['speedup_vs_eager_fp32_min']:.2f}x)"
+        )
+    if "eval" in result:
+        ev = result["eval"]
+        lines.append(
+            f"eval: {ev['step_s']['median']:.3f} s/batch, {ev['img_s']:.1f} img/s, metrics "
+            f"{100 * ev['metrics_frac']:.1f}% of it"
+        )
+    lines.append(
+        f"memory: step {result['train_step_mem_mb']:.0f} MiB ({result['train_step_mem_kind']}), "
+        f"process peak {result['peak_mem_mb']:.0f} MiB"
     )
+    return "\n".join(lines)

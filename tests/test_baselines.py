@@ -6,7 +6,7 @@ import json
 
 import pytest
 from enginekit import one_thread  # noqa: F401  (autouse fixture)
-from evalkit import config, make_data
+from evalkit import config, make_data, overrides
 
 from cvmtl.engine.baselines import baseline_config, read_summary, train_baselines
 from cvmtl.engine.checkpoint import load_checkpoint
@@ -107,3 +107,40 @@ def test_train_baselines_then_delta_m_selection(tmp_path):
     # A second call reuses the finished baselines instead of training them again.
     again = train_baselines(cfg)
     assert again == baselines and all(r["reused"] for r in read_summary(run)["runs"].values())
+
+
+def _train_tool():
+    import importlib.util
+
+    from enginekit import REPO
+
+    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_py_baselines_only(tmp_path):
+    data = make_data(tmp_path / "data", train=4, val=2, test=2)
+    args = overrides(data, tmp_path / "runs", tasks="[depth]", train__max_steps=1)
+    assert _train_tool().main(["--baselines-only", *args]) == 0
+    run = tmp_path / "runs" / "mtl"
+    baselines = json.loads((run / "baselines.json").read_text())
+    assert set(baselines) == {"val", "test"} and "abs_err" in baselines["val"]["depth"]
+    assert (run / "baselines" / "depth" / "best.pt").is_file()
+    assert not (run / "last.pt").exists()  # the multi-task run was not trained
+
+
+@pytest.mark.slow
+def test_train_py_baselines_then_joint_then_finetune(tmp_path):
+    data = make_data(tmp_path / "data")
+    args = overrides(data, tmp_path / "runs", tasks="[seg, depth]", train__best_metric="delta_m",
+                     finetune__epochs=1, finetune__tasks="[depth]")  # fmt: skip
+    assert _train_tool().main(["--train-baselines", *args]) == 0
+    run = tmp_path / "runs" / "mtl"
+    mtl = load_checkpoint(run / "best.pt")
+    assert mtl["best"]["metric"] == "delta_m" and mtl["step"] == 2
+    assert read_summary(run)["runs"]["seg"]["step"] == 2
+    assert "delta_m" in val_history(run)[-1]
+    report = json.loads((run / "finetune.json").read_text())
+    assert set(report) == {"depth"} and (run / "finetune" / "depth.pt").is_file()

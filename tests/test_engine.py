@@ -37,7 +37,14 @@ def test_fit_fp32_writes_the_run_folder(tiny_data, tmp_path):
     run = tmp_path / "runs" / "tiny"
     for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl"):
         assert (run / name).is_file(), name
-    assert list(run.glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert {"train/loss/seg", "train/lr", "val/seg/miou", "test/seg/miou"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert {"val/pred_0", "val/pred_1"} <= set(events.Tags()["images"])  # train.num_vis=2
     assert to_dict(load_config(run / "config.yaml")) == to_dict(cfg)
 
     records = read_jsonl(run / "metrics.jsonl")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import re
 import shutil
@@ -109,7 +111,12 @@ def test_report_tables_and_self_contained_html(tmp_path):
     html = paths["html"].read_text()
     srcs = re.findall(r'src="([^"]*)"', html)
     assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
-    assert not re.search(r"(href|src)=[\"']?(https?:|//|file:)", html)
+    assert not re.search(r"(href|src)=[\"']?(https?:|//|file:)", html) and "url(" not in html
+    from PIL import Image
+
+    for src in srcs:  # every embedded chart decodes to a real, non-blank picture
+        png = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("L")
+        assert min(png.size) > 150 and np.asarray(png).std() > 10
 
 
 @pytest.mark.parametrize(

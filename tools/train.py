@@ -4,6 +4,13 @@
     python tools/train.py --config configs/synthetic_demo.yaml --resume      # the config's run
     python tools/train.py --resume runs/synthetic_demo [key=value ...]       # that run folder
     torchrun --nproc_per_node 2 tools/train.py --config ... [key=value ...]
+    python tools/train.py --config C.yaml --train-baselines [--baselines-only]
+
+--train-baselines first trains one single-task model per task (runs/<name>/baselines/<task>/,
+same backbone, optimizer steps and batch size), writes runs/<name>/baselines.json, then trains
+the multi-task run (so train.best_metric=delta_m selects on validation delta_m); with
+--baselines-only it stops after the baselines. Finished baselines are reused, not retrained.
+With finetune.epochs > 0, task-specific fine-tuning follows the multi-task run.
 
 Exit codes: 0 done; 130 / 143 stopped by SIGINT / SIGTERM after saving last.pt (resumable).
 """
@@ -37,12 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-baselines",
         action="store_true",
-        help="train the single-task baselines and write baselines.json (not implemented yet)",
+        help="first train the single-task baselines and write baselines.json",
+    )
+    parser.add_argument(
+        "--baselines-only", action="store_true", help="train the baselines, not the multi-task run"
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_args(argv)
-    if args.train_baselines:
-        parser.error("--train-baselines is not implemented yet")
 
     run_dir = Path(args.resume) if isinstance(args.resume, str) else None
     config = args.config
@@ -57,15 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir is not None:  # outputs go back into the resumed folder
         cfg.out_dir, cfg.name = str(run_dir.parent), run_dir.name
 
-    from cvmtl.engine.distributed import cleanup_distributed
+    from cvmtl.engine.baselines import TrainingInterrupted, train_baselines
+    from cvmtl.engine.distributed import cleanup_distributed, is_main_process
+    from cvmtl.engine.finetune import finetune_after_fit
     from cvmtl.engine.trainer import fit
 
     try:
+        if args.train_baselines or args.baselines_only:
+            train_baselines(cfg)
+            if args.baselines_only:
+                return 0
         result = fit(cfg, resume=run_dir if run_dir is not None else args.resume)
+        main_rank = is_main_process()
+    except TrainingInterrupted as stop:
+        return 128 + stop.signum
     finally:
         cleanup_distributed()
     if result["interrupted"]:
         return 128 + int(result["interrupted"])
+    if main_rank:  # after the group is gone: fine-tuning runs on rank 0 alone
+        finetune_after_fit(cfg, result)
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ import torch
 from cvmtl.config import Config, to_dict
 from cvmtl.engine import distributed as du
 from cvmtl.tasks import get_task
+
+log = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -110,17 +113,23 @@ def train_baselines(cfg: Config, tasks: list[str] | None = None) -> dict[str, An
             "best": best,
             "reused": done is not None,
         }
-    data: dict[str, Any] = {}
-    if val:
-        data[cfg.data.val_split] = val
-    if test:
-        data[cfg.data.test_split] = test
+    zero = [f"{t}/{k}" for t, m in val.items() for k in get_task(t).delta_metrics if m.get(k) == 0]
+    if zero:  # delta_m divides by the baseline: selection on it would fail
+        log.warning("baselines: %s is 0 on validation; delta_m is undefined (train longer)", zero)
+    path = cfg.run_dir / "baselines.json"
+    # Tasks not retrained now (a ``tasks`` subset) keep their earlier entries.
+    data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    for split, values in ((cfg.data.val_split, val), (cfg.data.test_split, test)):
+        if values:
+            data[split] = {**data.get(split, {}), **values}
     if du.is_main_process():
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.run_dir / "baselines.json").write_text(json.dumps(data, indent=2) + "\n")
-        summary = {"multitask_steps": total, "batch_size": cfg.train.batch_size, "runs": runs}
+        path.write_text(json.dumps(data, indent=2) + "\n")
         folder = cfg.run_dir / "baselines"
         folder.mkdir(parents=True, exist_ok=True)
+        earlier = read_summary(cfg.run_dir)["runs"] if (folder / "summary.json").is_file() else {}
+        summary = {"multitask_steps": total, "batch_size": cfg.train.batch_size}
+        summary["runs"] = {**earlier, **runs}
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     du.barrier()  # every rank's next fit() reads baselines.json
     return du.broadcast_object(data)

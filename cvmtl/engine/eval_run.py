@@ -109,7 +109,6 @@ def run_eval(
         cfg.data.test_split = split  # any split name of the dataset, evaluated as "test"
     split_name = getattr(cfg.data, f"{role}_split")
 
-    torch.manual_seed(cfg.train.seed)
     device = pick_device(cfg)
     model = load_model(cfg, ckpt["model"], device)
     loader = build_loaders(cfg, False, splits=[role])[role]

@@ -101,6 +101,7 @@ def evaluate_with_stats(
     cfg: Any,
     device: torch.device,
     num_samples: int = 4,
+    progress: bool = True,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     """(metrics ``{task: {metric: v}}``, stats ``{"depth_bins", "angle_hist"}``, samples).
 
@@ -125,7 +126,7 @@ def evaluate_with_stats(
     model.eval()
     try:
         with torch.inference_mode():
-            for i, batch in enumerate(loader):
+            for i, batch in enumerate(_progress(loader, progress)):
                 image = batch["image"].to(device)
                 targets = _targets(batch, tasks, device)
                 size = next(iter(targets.values())).shape[-2:]
@@ -142,6 +143,14 @@ def evaluate_with_stats(
         model.train(was_training)
     results = {task: metrics[task].compute() for task in tasks}
     return results, {k: v.compute() for k, v in stats.items()}, samples
+
+
+def _progress(loader: Any, enabled: bool) -> Any:
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
 
 
 def _targets(batch: dict, tasks: list[str], device: torch.device) -> dict[str, torch.Tensor]:

@@ -4,8 +4,11 @@ No ``DistributedDataParallel`` wrapper: losses are global means, so after backwa
 all-reduce of the gradients gives exactly the single-process gradient (see
 :mod:`cvmtl.balancers.machinery` for why the wrapper would break per-task gradients).
 
-The returned dict holds tensors (no ``.item()``); the only host reads are the presence test of
-the losses, their finiteness test and the gradient finiteness test, all needed to decide the step.
+The returned dict holds tensors (no ``.item()``). Host reads decide the step and are batched:
+the presence test of the losses (in :func:`cvmtl.losses.compute_losses`), then one read of all
+finiteness tests: with an optimizer step and no GradScaler, the losses' test is read together
+with the gradient-norm test at the optimizer step (loss level) or with the per-task gradient test
+before combining (gradient level); otherwise (a micro-batch of an accumulation, fp16) at once.
 """
 
 from __future__ import annotations
@@ -82,14 +85,19 @@ def train_step(
     out = {"losses": {t: v.detach() for t, v in losses.items()}, "grad_norm": None}
     out.update(skipped=False, reason=None)
 
-    bad = _bad_losses(losses)
-    if not losses or bad:
-        out["reason"] = f"non-finite loss: {', '.join(bad)}" if bad else "no labeled task"
-        out.update(skipped=True, total=torch.zeros((), device=device))
-        out["weights"] = torch.zeros(len(tasks), device=device)
-        if step:  # never apply a partial accumulation around a bad micro-batch
-            optimizer.zero_grad(set_to_none=True)
-        return out
+    if not losses:
+        return _skip(out, "no labeled task", optimizer, step, len(tasks), device)
+    names = list(losses)
+    loss_ok: torch.Tensor | None = torch.isfinite(
+        torch.stack([v.detach() for v in losses.values()])
+    )
+    if not step or use_scaler:
+        # A bad micro-batch is left out of its accumulation, so it must be known now; with
+        # fp16 the scaler must not back off for a bad loss. Otherwise the test is deferred.
+        bad = _bad(names, loss_ok.tolist())
+        if bad:
+            return _skip(out, f"non-finite loss: {bad}", optimizer, step, len(tasks), device)
+        loss_ok = None
 
     reduced: set[int] = set()  # parameters whose .grad is already global
     task_losses = None
@@ -104,16 +112,23 @@ def train_step(
         if features:
             active, grads = mach.features_task_grads(model, zd, losses, tasks, mult)
             gram = mach.feature_gram(grads)  # global under DDP: the finiteness test agrees
-            bad_rows = mach.nonfinite(gram.diagonal())
+            row_ok = torch.isfinite(gram.diagonal())
         else:
             active, shared, grads = mach.params_task_grads(model, losses, tasks, mult)
             mach.all_reduce_coalesced([grads])
             reduced = {id(p) for p in shared}
-            bad_rows = mach.nonfinite(grads)
+            row_ok = torch.isfinite(grads).all(dim=1)
+        # one host read for the rows and the deferred loss test: the balancer must not see NaN
+        flags = (row_ok if loss_ok is None else torch.cat([row_ok, loss_ok])).tolist()
+        bad = _bad(names, flags[len(active) :])
+        if bad:
+            return _skip(out, f"non-finite loss: {bad}", optimizer, step, len(tasks), device)
+        loss_ok = None
+        bad_rows = [r for r, ok in enumerate(flags[: len(active)]) if not ok]
         task_losses = torch.stack([losses[tasks[i]].detach() for i in active])
         if bad_rows:
-            names = ", ".join(tasks[active[r]] for r in bad_rows)
-            why = f"non-finite gradient: {names}"
+            which = ", ".join(tasks[active[r]] for r in bad_rows)
+            why = f"non-finite gradient: {which}"
             out["reason"] = f"fp16 overflow ({why})" if use_scaler else why
             mach.poison_grads(model.parameters())  # the step below is skipped as for overflow
         elif features:
@@ -130,7 +145,10 @@ def train_step(
         out["skipped"] = out["reason"] is not None
         return out
 
-    found_inf = _optimizer_step(model, optimizer, scaler, cfg, reduced, out)
+    found_inf, losses_ok = _optimizer_step(model, optimizer, scaler, cfg, reduced, out, loss_ok)
+    bad = _bad(names, losses_ok)
+    if bad:  # the deferred loss test failed: nothing was applied
+        return _skip(out, f"non-finite loss: {bad}", optimizer, False, len(tasks), device)
     if found_inf:
         out["skipped"] = True
         out["reason"] = out["reason"] or (
@@ -141,8 +159,14 @@ def train_step(
     return out
 
 
-def _optimizer_step(model, optimizer, scaler, cfg, reduced: set[int], out: dict) -> bool:
-    """All-reduce, unscale, check, clip, step, zero_grad; returns whether the step was skipped."""
+def _optimizer_step(
+    model, optimizer, scaler, cfg, reduced: set[int], out: dict, loss_ok=None
+) -> tuple[bool, list[bool]]:
+    """All-reduce, unscale, check, clip, step, zero_grad; returns whether the step was skipped
+    and the deferred loss test ``loss_ok`` (a bool tensor, or None: nothing deferred) as a list.
+
+    One host read: the finiteness of the global gradient norm, with ``loss_ok`` appended.
+    """
     use_scaler = scaler is not None and scaler.is_enabled()
     # Balancer parameters (UW's s_t) are left out: they see the global loss values on every rank,
     # so their gradients are already identical everywhere.
@@ -153,7 +177,11 @@ def _optimizer_step(model, optimizer, scaler, cfg, reduced: set[int], out: dict)
         scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else None
-    found_inf = norm is not None and not bool(torch.isfinite(norm))
+    checks = [] if norm is None else [torch.isfinite(norm).view(1)]
+    checks += [] if loss_ok is None else [loss_ok]
+    flags = torch.cat(checks).tolist() if checks else []
+    losses_ok = flags[1:] if norm is not None else flags
+    found_inf = (norm is not None and not flags[0]) or not all(losses_ok)
     if cfg.train.grad_clip > 0 and params and not found_inf:
         torch.nn.utils.clip_grads_with_norm_(params, cfg.train.grad_clip, norm)
     if use_scaler:
@@ -163,7 +191,7 @@ def _optimizer_step(model, optimizer, scaler, cfg, reduced: set[int], out: dict)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     out["grad_norm"] = norm
-    return found_inf
+    return found_inf, losses_ok
 
 
 def _after_step(model, image, batch, balancer, cfg, autocast, losses, task_losses) -> None:
@@ -179,8 +207,15 @@ def _after_step(model, image, batch, balancer, cfg, autocast, losses, task_losse
     balancer.after_step({t: v.detach() for t, v in losses.items()})
 
 
-def _bad_losses(losses: dict[str, torch.Tensor]) -> list[str]:
-    if not losses:
-        return []
-    ok = torch.isfinite(torch.stack([v.detach() for v in losses.values()])).tolist()
-    return [t for t, good in zip(losses, ok) if not good]
+def _bad(names: list[str], ok: list[bool]) -> str:
+    """The names whose flag is False, comma-separated ("" when all are good)."""
+    return ", ".join(t for t, good in zip(names, ok) if not good)
+
+
+def _skip(out: dict, reason: str, optimizer, step: bool, num_tasks: int, device) -> dict:
+    out.update(skipped=True, reason=reason, total=torch.zeros((), device=device))
+    out["weights"] = torch.zeros(num_tasks, device=device)
+    out["grad_norm"] = None
+    if step:  # never apply a partial accumulation around a bad micro-batch
+        optimizer.zero_grad(set_to_none=True)
+    return out

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cvmtl.affinity import AffinityResult
+from cvmtl.affinity.compute import AffinityResult
 
 
 def _finite(x: float | None) -> bool:
@@ -143,9 +143,23 @@ def to_markdown(result: AffinityResult, rec: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _off_diagonal_max(mats: list, floor: float) -> float:
+    """A round colour limit from the largest |off-diagonal| value (the diagonal would swamp it)."""
+    import numpy as np
+
+    vals = [abs(m[i, j]) for m in mats for i in range(len(m)) for j in range(len(m)) if i != j]
+    vmax = max([v for v in vals if np.isfinite(v)] + [floor])
+    step = 10 ** math.floor(math.log10(vmax))  # 1-2-5 rounding up, as axis ticks do
+    return next(f * step for f in (1, 2, 2.5, 5, 10) if f * step >= vmax * (1 - 1e-9))
+
+
 def plot_heatmaps(result: AffinityResult, path: str | Path) -> Path:
-    """One panel per stage (cosine, fixed -1..1 scale) and one for the lookahead affinity (its
-    own symmetric scale: it is a relative loss change, typically much smaller than 1)."""
+    """One panel per stage (gradient cosine) and one for the lookahead affinity.
+
+    Diagonals are greyed out (cosine 1 by definition; a task's self-affinity is on another
+    scale) so that the colour scales fit the off-diagonal values: one shared scale for all
+    cosine panels, so stages compare, and its own for the lookahead (a relative loss change).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,42 +167,46 @@ def plot_heatmaps(result: AffinityResult, path: str | Path) -> Path:
     import numpy as np
 
     r, t = result, len(result.tasks)
-    n = len(r.stages) + 1
-    cell = 0.55 + 0.45 * t
+    cosines = [np.array(r.cosine[s], dtype=float) for s in r.stages]
+    look = np.array(r.lookahead, dtype=float)
+    cmax = min(_off_diagonal_max(cosines, 0.05), 1.0)
+    zmax = _off_diagonal_max([look], 1e-4)
+    zdec = max(2, 1 - math.floor(math.log10(zmax)))  # two significant digits at the top value
+    panels = [(s if s == "neck" else f"backbone {s}", m) for s, m in zip(r.stages, cosines)]
+    n = len(panels) + 1
+    cell = 0.45 + 0.5 * t
     fig, axes = plt.subplots(
-        1, n, figsize=(cell * n + 1.6, cell + 1.5), squeeze=False, layout="constrained"
+        1, n, figsize=(cell * n + 2.2, cell + 1.9), squeeze=False, layout="constrained"
     )
     axes = axes[0]
-    look = np.array(r.lookahead, dtype=float)
-    zmax = float(np.nanmax(np.abs(look))) if np.isfinite(look).any() else 1.0
-    panels = [(f"cosine @ {s}", np.array(r.cosine[s], dtype=float), 1.0) for s in r.stages]
-    panels.append(("lookahead Z(i→j)", look, zmax or 1.0))
-    for k, (ax, (title, m, vmax)) in enumerate(zip(axes, panels)):
-        im = ax.imshow(np.ma.masked_invalid(m), cmap="RdBu", vmin=-vmax, vmax=vmax)
+    grey = np.where(np.eye(t, dtype=bool), 1.0, np.nan)
+    for k, ax in enumerate(axes):
+        last = k == n - 1
+        title, m = ("lookahead Z(i→j)", look) if last else panels[k]
+        vmax = zmax if last else cmax
+        off = np.where(np.eye(t, dtype=bool), np.nan, m)
+        im = ax.imshow(np.ma.masked_invalid(off), cmap="RdBu", vmin=-vmax, vmax=vmax)
+        ax.imshow(np.ma.masked_invalid(grey), cmap="Greys", vmin=0, vmax=4)
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(t), r.tasks, fontsize=8, rotation=45 if t > 3 else 0)
         ax.set_yticks(range(t), r.tasks if k in (0, n - 1) else [""] * t, fontsize=8)
         for i, j in itertools.product(range(t), range(t)):
             v = m[i, j]
-            label = "n/a" if not np.isfinite(v) else (f"{v:+.2f}" if k < n - 1 else f"{v:+.2g}")
-            dark = np.isfinite(v) and abs(v) > 0.6 * vmax
-            ax.text(
-                j,
-                i,
-                label,
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if dark else "black",
-            )
-        if k == n - 2 or k == n - 1:
-            fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
-    axes[-1].set_xlabel("loss of task j", fontsize=8)
-    axes[-1].set_ylabel("step on task i", fontsize=8)
+            label = "n/a" if not np.isfinite(v) else f"{v:+.{zdec if last else 2}f}"
+            dark = i != j and np.isfinite(v) and abs(v) > 0.6 * vmax
+            color = "white" if dark else ("dimgray" if i == j else "black")
+            ax.text(j, i, label, ha="center", va="center", fontsize=7, color=color)
+        if last:
+            ax.set_xlabel("rows i: task that stepped\ncolumns j: loss measured", fontsize=8)
+            fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02, label="Z (relative loss drop)")
+        elif k == n - 2:
+            fig.colorbar(im, ax=axes[: n - 1].tolist(), shrink=0.8, pad=0.02, label="cosine")
     fig.suptitle(
-        f"Task gradient cosine per stage (input → output) and lookahead affinity — "
-        f"{r.batches} batches, {r.source}",
-        fontsize=10,
+        f"Task-gradient cosine per stage (input → output) and lookahead affinity "
+        f"(blue: aligned / helps, red: conflict / hurts; diagonal greyed)\n"
+        f"{r.batches} batches, gradients w.r.t. stage {r.source}, {r.mode} mode, "
+        f"lookahead lr {r.lookahead_lr:g}",
+        fontsize=9,
     )
     path = Path(path)
     fig.savefig(path, dpi=130)

@@ -123,19 +123,20 @@ class _Mean:
 def _cosine_matrix(vectors: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine matrix and norms of T vectors (None = task absent -> NaN row / column)."""
     t = len(vectors)
-    cos, norms = torch.full((t, t), float("nan")), torch.full((t,), float("nan"))
+    cos = torch.full((t, t), float("nan"), dtype=torch.float64)
+    norms = torch.full((t,), float("nan"), dtype=torch.float64)
     idx = [i for i, v in enumerate(vectors) if v is not None]
     if not idx:
         return cos, norms
-    stack = torch.stack([vectors[i].double() for i in idx])
+    stack = torch.stack([vectors[i].detach().double() for i in idx])
     gram = stack @ stack.T
     n = gram.diagonal().sqrt()
     sub = gram / (n[:, None] * n[None, :]).clamp_min(_EPS)
     sub.fill_diagonal_(1.0)  # a zero gradient still has cosine 1 with itself, by convention
     for a, i in enumerate(idx):
-        norms[i] = n[a].float()
+        norms[i] = n[a]
         for b, j in enumerate(idx):
-            cos[i, j] = sub[a, b].float()
+            cos[i, j] = sub[a, b]
     return cos, norms
 
 
@@ -257,7 +258,7 @@ def _lookahead_batch(
 ) -> torch.Tensor:
     """One batch's Z[i][j]; NaN where task i had no gradient or task j no (non-zero) loss."""
     t = len(tasks)
-    z = torch.full((t, t), float("nan"))
+    z = torch.full((t, t), float("nan"), dtype=torch.float64)
     base = {k: float(v.detach()) for k, v in losses.items()}
     for i, g in enumerate(grads):
         if g is None:

@@ -1,0 +1,57 @@
+"""Evaluation throughput: the forward pass (``evaluator.predict``) and the metric bookkeeping
+(``update`` of every task metric) timed separately, interleaved, on one random batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from cvmtl.bench.timing import stats, time_interleaved
+from cvmtl.engine.evaluator import predict
+from cvmtl.engine.step import autocast_context
+from cvmtl.metrics import build_metrics
+
+
+def eval_benchmark(
+    model: nn.Module,
+    cfg: Any,
+    batch: dict[str, Any],
+    iters: int,
+    warmup: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """``img_s`` (forward + metrics), ``step_s`` (the same per batch), ``forward_s``,
+    ``metrics_s`` and ``metrics_frac`` (the metrics' share of evaluation time, from medians)."""
+    tasks = list(cfg.tasks)
+    image = batch["image"]
+    size = tuple(image.shape[-2:])
+    metrics = build_metrics(tasks, cfg.data.num_classes, cfg)
+    preds: dict[str, torch.Tensor] = {}
+    was_training = model.training
+    model.eval()
+
+    def forward() -> None:
+        with torch.inference_mode(), autocast_context(cfg.train.amp, device):
+            preds.update(predict(model, image, size, tasks, cfg, cfg.data.num_classes))
+
+    def update() -> None:
+        with torch.inference_mode():
+            for task in tasks:
+                metrics[task].update(preds[task], batch[task])
+
+    forward()  # the first forward fills preds for the first update
+    times = time_interleaved({"forward": forward, "metrics": update}, iters, warmup, device)
+    model.train(was_training)
+    step = [f + m for f, m in zip(times["forward"], times["metrics"])]
+    fwd, met = stats(times["forward"]), stats(times["metrics"])
+    bs = image.shape[0]
+    return {
+        "img_s": bs / stats(step)["median"],
+        "step_s": stats(step),
+        "forward_s": fwd,
+        "metrics_s": met,
+        "metrics_frac": met["median"] / (fwd["median"] + met["median"]),
+        "batch_size": bs,
+    }

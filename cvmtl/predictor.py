@@ -1,0 +1,251 @@
+"""Predictor: a trained checkpoint applied to plain images, results at the input's exact size.
+
+    from cvmtl import Predictor
+    p = Predictor.from_checkpoint("runs/synthetic_demo/best.pt")
+    out = p.predict("photo.jpg")   # {"seg": int64 HxW, "depth": float32 HxW m, "normal": HxWx3}
+
+Resizing (``max_size``): an image whose longer side exceeds ``max_size`` is resized by
+``s = max_size / max(H, W)`` for the forward pass and the outputs are resized back. Per DESIGN a
+model sees depth / s in an image resized by s, so the depth predicted on the small image is
+multiplied by s on the way back (the evaluator's rule); normals are renormalized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvmtl.config import Config, from_dict, parse_override, to_dict
+
+log = logging.getLogger(__name__)
+
+ImageLike = np.ndarray | str | Path
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 HxWx3 from any file PIL reads: EXIF orientation applied, grey / palette /
+    16-bit expanded, alpha dropped. Unreadable or truncated files raise ValueError."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not later
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float grey
+                return as_rgb_uint8(np.asarray(im))
+            return np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image file PIL can decode") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated, bad header, ...
+        raise ValueError(f"{path}: unreadable image ({err})") from None
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """HxW grey, HxWx1, HxWx3 RGB or HxWx4 RGBA (alpha dropped) -> RGB uint8 HxWx3.
+
+    uint8 is taken as is, uint16 as 0..65535, float as 0..1 (as nyuv2_npy stores images).
+    """
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or min(a.shape[:2]) < 1:
+        raise ValueError(f"image must be HxW, HxWx3 or HxWx4, got shape {a.shape}")
+    a = a[:, :, :3] if a.shape[2] == 4 else a
+    a = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype == np.uint16:
+        return (a.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    if a.dtype.kind in "iu" and a.max(initial=0) > 255:
+        a = a.astype(np.float32) / 65535.0
+    elif a.dtype.kind in "iu" or a.dtype == bool:
+        return a.astype(np.uint8)
+    a = np.nan_to_num(a.astype(np.float32))
+    return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def config_from_checkpoint(ckpt: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """The checkpoint's config with ``key=value`` overrides; never loads pretrained weights or
+    ``init_from`` again (the checkpoint's own weights replace them)."""
+    values = ckpt.get("config")
+    if not isinstance(values, dict):
+        raise ValueError("checkpoint has no 'config' dict (was it written by tools/train.py?)")
+    values = dict(values)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = values
+        for key in keys[:-1]:
+            node[key] = dict(node.get(key) or {})
+            node = node[key]
+        node[keys[-1]] = value
+    cfg = from_dict(values)
+    cfg.model.pretrained, cfg.model.pretrained_file, cfg.model.init_from = False, None, None
+    return cfg
+
+
+def load_model(
+    checkpoint: str | Path, overrides: Sequence[str] = (), device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config]:
+    """(model in eval mode with the checkpoint's ``model`` weights, its Config)."""
+    from cvmtl.engine.checkpoint import load_checkpoint
+    from cvmtl.models.build import build_model
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_checkpoint(ckpt, overrides)
+    model = build_model(cfg)
+    state = {}
+    for k, v in ckpt["model"].items():
+        for prefix in ("module.", "_orig_mod."):  # DDP / torch.compile wrappers
+            k = k.removeprefix(prefix)
+        state[k] = v
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{checkpoint}: weights do not fit the config's model: {err}") from None
+    return model.to(device).eval(), cfg
+
+
+def class_info(cfg: Config) -> tuple[list[str], list[list[int]]]:
+    """(class names, palette) from the dataset the run used; NYU / generic ones if it is gone."""
+    from cvmtl.data.formats import load_dataset_info
+    from cvmtl.vis.colorize import default_palette
+
+    n = cfg.data.num_classes
+    if Path(cfg.data.root).is_dir():
+        with contextlib.suppress(Exception):
+            info = load_dataset_info(cfg.data.root, cfg.data.format)
+            if len(info["classes"]) == n:
+                return list(info["classes"]), [list(c) for c in info["palette"]]
+    if n in (13, 40):
+        from cvmtl.data.nyuv2 import classes_and_palette
+
+        return classes_and_palette(n)
+    return [f"class {i}" for i in range(n)], default_palette(n)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but CUDA is not available")
+    return torch.device(device)
+
+
+class Predictor:
+    """Run a cvmtl model on images; see the module docstring for the resizing rule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Config,
+        device: str | torch.device = "auto",
+        amp: str = "none",
+        max_size: int | None = None,
+    ):
+        if amp not in AMP:
+            raise ValueError(f"amp must be one of {'|'.join(AMP)}, got {amp!r}")
+        if max_size is not None and max_size < 1:
+            raise ValueError(f"max_size must be a positive number of pixels, got {max_size}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg, self.amp, self.max_size = cfg, amp, max_size
+        self.tasks: list[str] = list(cfg.tasks)
+        self.classes, self.palette = class_info(cfg)
+        self._mean = torch.tensor(cfg.data.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(cfg.data.std, device=self.device).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        amp: str = "none",
+        max_size: int | None = None,
+        overrides: Sequence[str] = (),
+    ) -> Predictor:
+        """Load ``path`` (a cvmtl checkpoint or a run folder: its last.pt). ``overrides`` are
+        ``key=value`` config changes, e.g. ``eval.tta=true`` for flip test-time augmentation."""
+        model, cfg = load_model(path, overrides, "cpu")
+        return cls(model, cfg, device=device, amp=amp, max_size=max_size)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return to_dict(self.cfg)
+
+    def predict(self, image: ImageLike) -> dict[str, np.ndarray]:
+        """``{task: array}`` at the image's exact size: seg int64 HxW class indices, depth
+        float32 HxW metres, normal float32 HxWx3 unit vectors. ``image``: a path or an array
+        (HxW grey, HxWx3 RGB, HxWx4 RGBA; uint8, uint16 or float in [0, 1])."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(
+        self, images: Sequence[ImageLike], batch_size: int = 8
+    ) -> list[dict[str, np.ndarray]]:
+        """:meth:`predict` for many images: equal sizes run together (up to ``batch_size``)."""
+        rgb = [load_image(im) if isinstance(im, str | Path) else as_rgb_uint8(im) for im in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, a in enumerate(rgb):
+            groups.setdefault(a.shape[:2], []).append(i)
+        out: list[dict[str, np.ndarray] | None] = [None] * len(rgb)
+        for idx in groups.values():
+            for start in range(0, len(idx), max(1, batch_size)):
+                chunk = idx[start : start + max(1, batch_size)]
+                for i, pred in zip(chunk, self.predict_arrays(np.stack([rgb[i] for i in chunk]))):
+                    out[i] = pred
+        return out  # type: ignore[return-value]
+
+    def predict_arrays(self, batch: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """RGB uint8 [B, H, W, 3] of one size -> one result dict per image."""
+        preds = self.predict_tensor(self.preprocess(batch))
+        results = []
+        for i in range(batch.shape[0]):
+            r = {}
+            for task, p in preds.items():
+                if task == "seg":
+                    r[task] = p[i].argmax(0).cpu().numpy().astype(np.int64)
+                elif task == "depth":
+                    r[task] = p[i, 0].float().cpu().numpy()
+                else:
+                    r[task] = p[i].float().permute(1, 2, 0).cpu().numpy()
+            results.append(r)
+        return results
+
+    def preprocess(self, batch: np.ndarray) -> torch.Tensor:
+        """RGB uint8 [B, H, W, 3] -> normalized float32 [B, 3, H, W] on the device."""
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        return (x - self._mean) / self._std
+
+    @torch.inference_mode()
+    def predict_tensor(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalized [B, 3, H, W] -> seg logits [B,C,H,W], depth [B,1,H,W] m, normal [B,3,H,W]
+        at (H, W), resized for the forward pass when ``max_size`` asks for it."""
+        from cvmtl.engine.evaluator import predict
+
+        size = tuple(image.shape[-2:])
+        x = image
+        if self.max_size is not None and max(size) > self.max_size:
+            s = self.max_size / max(size)
+            hw = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
+            x = F.interpolate(image, size=hw, mode="bilinear", align_corners=False, antialias=True)
+        dtype = AMP[self.amp]
+        ctx = (
+            torch.autocast(self.device.type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            # evaluator.predict resizes back to ``size`` and multiplies depth by the scale
+            out = predict(self.model, x, size, self.tasks, self.cfg, self.cfg.data.num_classes)
+        if "normal" in out:
+            out["normal"] = F.normalize(out["normal"].float(), dim=1)
+        return out

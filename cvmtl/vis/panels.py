@@ -1,0 +1,268 @@
+"""Per-sample panels (image | ground truth, prediction, error per task) and a contact sheet.
+
+Samples are the dicts :func:`cvmtl.engine.evaluator.evaluate` collects (``collect=N``): CPU
+tensors ``image`` [3,H,W] normalized, ``target`` / ``pred`` {task: seg [H,W] labels, depth
+[1,H,W] metres, normal [3,H,W]}, ``has`` {task: bool}, ``meta`` {id, ...}. Figures use
+matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvmtl.vis.colorize import (
+    _np,
+    angle_error_deg,
+    colorize_depth,
+    colorize_normal,
+    colorize_seg,
+)
+
+TITLES = {"seg": "segmentation", "depth": "depth", "normal": "surface normals"}
+NORMAL_ERR_MAX = 45.0  # degrees at the top of the angle-error colour scale
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; must not need a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def denormalize(image: Any, mean: list[float], std: list[float]) -> np.ndarray:
+    """Normalized [3,H,W] -> RGB uint8 HxWx3."""
+    img = _np(image).astype(np.float32).transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _hw(x: Any) -> np.ndarray:
+    a = _np(x).astype(np.float32)
+    return a[0] if a.ndim == 3 else a
+
+
+def depth_range(sample: dict[str, Any]) -> tuple[float, float]:
+    """Colour range shared by ground truth and prediction: the 1st..99th percentile of both."""
+    vals = [_hw(sample["pred"]["depth"]).ravel()]
+    if sample.get("has", {}).get("depth", True):
+        gt = _hw(sample["target"]["depth"])
+        vals.append(gt[gt > 0])
+    v = np.concatenate(vals)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(v, [1, 99])
+    return float(lo), float(max(hi, lo + 1e-3))
+
+
+def sample_stats(sample: dict[str, Any]) -> dict[str, str]:
+    """One short line per labeled task: pixel accuracy, mean abs depth error, mean angle."""
+    stats = {}
+    has, tgt, pred = sample.get("has", {}), sample["target"], sample["pred"]
+    if "seg" in pred and has.get("seg", True):
+        g, p = _np(tgt["seg"]), _np(pred["seg"])
+        valid = g != 255
+        if valid.any():
+            stats["seg"] = f"pixel acc {100.0 * float((g == p)[valid].mean()):.1f}%"
+    if "depth" in pred and has.get("depth", True):
+        g, p = _hw(tgt["depth"]), _hw(pred["depth"])
+        if (g > 0).any():
+            stats["depth"] = f"abs err {float(np.abs(p - g)[g > 0].mean()):.3f} m"
+    if "normal" in pred and has.get("normal", True):
+        ang, valid = angle_error_deg(pred["normal"], tgt["normal"])
+        if valid.any():
+            stats["normal"] = f"mean angle {float(ang[valid].mean()):.1f}°"
+    return stats
+
+
+def sample_panel(
+    sample: dict[str, Any],
+    classes: list[str],
+    palette: list[list[int]],
+    mean: list[float],
+    std: list[float],
+    title: str = "",
+    cell_inches: float = 2.6,
+):
+    """A matplotlib Figure: one row per task (ground truth | prediction | error), the image in
+    the first column, a class legend, a depth colorbar and error colorbars."""
+    plt = _plt()
+    from matplotlib.patches import Patch
+
+    tasks = [t for t in ("seg", "depth", "normal") if t in sample["pred"]]
+    image = denormalize(sample["image"], mean, std)
+    h, w = image.shape[:2]
+    aspect = h / w
+    fig = plt.figure(
+        figsize=(4 * cell_inches + 2.0, len(tasks) * cell_inches * aspect + 1.3),
+        layout="constrained",
+    )
+    # image | GT | prediction | depth colorbar | error | error colorbar: a colorbar slot in
+    # every row keeps the columns aligned whether or not that row has a colorbar
+    grid = fig.add_gridspec(len(tasks), 6, width_ratios=[1, 1, 1, 0.05, 1, 0.05])
+    rows = range(len(tasks))
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in (0, 1, 2, 4)] for r in rows])
+    caxes = np.array([[fig.add_subplot(grid[r, c]) for c in (3, 5)] for r in rows])
+    for ax in caxes.ravel():
+        ax.set_axis_off()
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title("image", fontsize=10)
+    stats = sample_stats(sample)
+    if len(tasks) > 1:
+        text = "\n".join(f"{TITLES[t]}:\n  {s}" for t, s in stats.items()) or "no labels"
+        axes[1, 0].text(0.02, 0.95, text, va="top", ha="left", fontsize=9, family="monospace")
+    present: set[int] = set()
+    for r, task in enumerate(tasks):
+        gt_ax, pred_ax, err_ax = axes[r, 1], axes[r, 2], axes[r, 3]
+        gt_ax.set_ylabel(TITLES[task], fontsize=10)  # row label (visible: ticks are off)
+        if r == 0:
+            gt_ax.set_title("ground truth", fontsize=10)
+            pred_ax.set_title("prediction", fontsize=10)
+            err_ax.set_title("error", fontsize=10)
+        labeled = sample.get("has", {}).get(task, True)
+        gt, pred = sample["target"][task], sample["pred"][task]
+        if task == "seg":
+            g, p = _np(gt).astype(np.int64), _np(pred).astype(np.int64)
+            present |= set(np.unique(p).tolist()) | set(np.unique(g[g != 255]).tolist())
+            pred_ax.imshow(colorize_seg(p, palette))
+            if labeled:
+                gt_ax.imshow(colorize_seg(g, palette))
+                err = np.zeros((*g.shape, 3), np.uint8)  # ignore: black
+                err[(g != 255) & (g == p)] = (90, 90, 90)
+                err[(g != 255) & (g != p)] = (230, 40, 40)
+                err_ax.imshow(err)
+                err_ax.set_xlabel("red: wrong, grey: right", fontsize=8)
+        elif task == "depth":
+            lo, hi = depth_range(sample)
+            p = _hw(pred)
+            im = pred_ax.imshow(np.ma.masked_less_equal(p, 0), cmap=_cmap("turbo"), vmin=lo, vmax=hi)
+            if labeled:
+                g = _hw(gt)
+                gt_ax.imshow(np.ma.masked_less_equal(g, 0), cmap=_cmap("turbo"), vmin=lo, vmax=hi)
+                e = np.ma.masked_where(g <= 0, np.abs(p - g))
+                eim = err_ax.imshow(e, cmap=_cmap("magma"), vmin=0.0)
+                _colorbar(fig, eim, caxes[r, 1], "|error| [m]")
+            _colorbar(fig, im, caxes[r, 0], "depth [m]")
+        else:
+            pred_ax.imshow(colorize_normal(pred))
+            if labeled:
+                gt_ax.imshow(colorize_normal(gt))
+                ang, valid = angle_error_deg(pred, gt)
+                a = np.ma.masked_where(~valid, ang)
+                eim = err_ax.imshow(a, cmap=_cmap("magma"), vmin=0.0, vmax=NORMAL_ERR_MAX)
+                _colorbar(fig, eim, caxes[r, 1], "angle error [°]", extend="max")
+        if not labeled:
+            for ax in (gt_ax, err_ax):
+                ax.text(0.5, 0.5, "no label", ha="center", va="center", transform=ax.transAxes)
+    if "seg" in tasks and present:
+        handles = [
+            Patch(facecolor=np.asarray(palette[c]) / 255.0, edgecolor="0.3", label=classes[c])
+            for c in sorted(present)
+            if 0 <= c < len(classes)
+        ]
+        fig.legend(
+            handles=handles, loc="outside lower center", ncol=min(len(handles), 7),
+            fontsize=8, frameon=False, handlelength=1.2, columnspacing=1.0,
+        )  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _colorbar(fig: Any, mappable: Any, cax: Any, label: str, extend: str = "neither") -> None:
+    cax.set_axis_on()
+    bar = fig.colorbar(mappable, cax=cax, extend=extend)
+    bar.set_label(label, fontsize=9)
+    bar.ax.tick_params(labelsize=8)
+
+
+def _cmap(name: str):
+    import matplotlib
+
+    cmap = matplotlib.colormaps[name].copy()
+    cmap.set_bad("black")  # invalid pixels (masked) black, as in colorize.py
+    return cmap
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
+def contact_sheet(
+    samples: list[dict[str, Any]],
+    path: str | Path,
+    palette: list[list[int]],
+    mean: list[float],
+    std: list[float],
+    tile_width: int = 192,
+) -> Path:
+    """One PNG: a row per sample, columns image | GT and prediction per task, labelled."""
+    import cv2
+
+    plt = _plt()
+    if not samples:
+        raise ValueError("contact_sheet: no samples")
+    columns, rows = ["image"], []
+    tasks = [t for t in ("seg", "depth", "normal") if t in samples[0]["pred"]]
+    for t in tasks:
+        columns += [f"{t} GT", f"{t} pred"]
+    for s in samples:
+        tiles = [denormalize(s["image"], mean, std)]
+        for t in tasks:
+            gt, pred = s["target"][t], s["pred"][t]
+            labeled = s.get("has", {}).get(t, True)
+            if t == "seg":
+                pair = colorize_seg(gt, palette), colorize_seg(pred, palette)
+            elif t == "depth":
+                lo, hi = depth_range(s)
+                pair = colorize_depth(gt, lo, hi), colorize_depth(pred, lo, hi)
+            else:
+                pair = colorize_normal(gt), colorize_normal(pred)
+            tiles += [pair[0] if labeled else np.zeros_like(pair[1]), pair[1]]
+        h, w = tiles[0].shape[:2]
+        th = max(1, round(h * tile_width / w))
+        tiles = [cv2.resize(t, (tile_width, th), interpolation=cv2.INTER_NEAREST) for t in tiles]
+        rows.append(np.concatenate(_gap(tiles, axis=1), axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    mosaic = np.concatenate(_gap(rows, axis=0), axis=0)
+    dpi = 100
+    size = (mosaic.shape[1] / dpi + 1.0, mosaic.shape[0] / dpi + 0.5)
+    fig, ax = plt.subplots(figsize=size, dpi=dpi, layout="constrained")
+    ax.imshow(mosaic, interpolation="nearest")
+    step = tile_width + 4
+    ax.set_xticks([i * step + tile_width / 2 for i in range(len(columns))], columns, fontsize=9)
+    ax.xaxis.tick_top()
+    tops = np.cumsum([0] + [r.shape[0] + 4 for r in rows[:-1]])
+    centers = [top + r.shape[0] / 2 for top, r in zip(tops, rows)]
+    ids = [str((s.get("meta") or {}).get("id", i)) for i, s in enumerate(samples)]
+    ax.set_yticks(centers, ids, fontsize=8)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return save_figure(fig, path, dpi=dpi)
+
+
+def _gap(arrays: list[np.ndarray], axis: int, size: int = 4) -> list[np.ndarray]:
+    """``arrays`` with white strips of ``size`` pixels between them along ``axis``."""
+    out = []
+    for i, a in enumerate(arrays):
+        if i:
+            shape = list(a.shape)
+            shape[axis] = size
+            out.append(np.full(shape, 255, np.uint8))
+        out.append(a)
+    return out
