@@ -243,7 +243,8 @@ def validate(cfg: Config) -> Config:
         ("data.num_workers", cfg.data.num_workers >= 0, "an integer >= 0"),
         (
             "data.scale_range",
-            len(cfg.data.scale_range) == 2 and 0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1],
+            len(cfg.data.scale_range) == 2
+            and 0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1],
             "[lo, hi] with 0 < lo <= hi",
         ),
         ("model.max_depth", cfg.model.max_depth > 0, "a positive number of metres"),

@@ -90,6 +90,7 @@ class ExportModule(nn.Module):
         branches = getattr(model, "branches", None)  # soft sharing: one model per task
         self.branches = list(branches.values()) if branches is not None else [model]
         self.tasks = [t for t in TASK_ORDER if t in model.tasks]
+        self.eval()  # a fresh wrapper starts in training mode
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out: dict[str, torch.Tensor] = {}
@@ -112,7 +113,9 @@ def export_model(
         raise ValueError(f"format must be one of {'|'.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
     if fmt == "export" and out.suffix != ".pt2":
-        raise ValueError(f"a torch.export archive must be named *.pt2 (torch.export.load), got {out}")
+        raise ValueError(
+            f"a torch.export archive must be named *.pt2 (torch.export.load), got {out}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     module = ExportModule(model.float().cpu().eval())
     # batch 2: torch.export specializes a dimension whose example is 1
@@ -207,8 +210,9 @@ def verify_export(
         for task, arr in zip(tasks, got):
             want = ref[task].float().numpy()
             if arr.shape != want.shape:
-                raise ValueError(f"{fmt} export: {task} at {h}x{w} has shape {arr.shape}, "
-                                 f"PyTorch {want.shape}")
+                raise ValueError(
+                    f"{fmt} export: {task} at {h}x{w} has shape {arr.shape}, PyTorch {want.shape}"
+                )
             diffs[task] = float(np.abs(arr - want).max())
         report[f"{h}x{w}"] = diffs
     return report

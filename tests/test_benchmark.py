@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from cvmtl.benchmark import run_benchmark, simple_losses
+from cvmtl.benchmark import random_batch, run_benchmark, simple_losses
 from cvmtl.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,44 +22,85 @@ TINY = [
     "model.head_channels=8",
     "train.device=cpu",
 ]
+PHASES = {"data", "forward", "losses", "balancer", "backward", "optimizer"}
+FAST = dict(iters=1, warmup=0, peak_size=128)
 
 
-def check_result(result: dict) -> None:
+def check_result(result: dict, phases: bool = True) -> None:
     for part in ("train", "eval"):
         assert result[part]["img_s"] > 0
         stats = result[part]["step_s"]
         assert set(stats) >= {"median", "min", "max"}
         assert 0 < stats["min"] <= stats["median"] <= stats["max"]
     assert isinstance(result["train"]["phases"], dict)
+    if phases:
+        assert set(result["train"]["phases"]) == PHASES
+        assert result["train"]["phases_sum_s"] > 0
+    assert 0 <= result["eval"]["metrics_frac"] <= 1
     assert result["peak_mem_mb"] > 0 and isinstance(result["peak_mem_kind"], str)
+    assert isinstance(result["train_step_mem_mb"], float)
     assert isinstance(result["params"], int) and result["params"] > 0
     assert isinstance(result["flops_per_img"], int) and result["flops_per_img"] > 0
-    assert result["mfu"] is None or 0 < result["mfu"] < 1
+    assert result["mfu"] is None or 0 <= result["mfu"] <= 1
     assert result["config"]["data"]["crop"] == [64, 96]
     assert isinstance(result["device"], str) and isinstance(result["torch"], str)
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["model.sharing=soft", "tasks=[seg,depth]", "train.amp=none"]]
+    "extra",
+    [[], ["model.sharing=soft", "tasks=[seg,depth]", "train.amp=none"], ["loss.balancer=mgda"]],
 )
 def test_run_benchmark_fields(extra: list[str]) -> None:
     cfg = load_config(None, TINY + extra)
-    result = run_benchmark(cfg, iters=2, warmup=1, device="cpu")
+    result = run_benchmark(cfg, **FAST)
     check_result(result)
+    assert result["train"]["phases"]["data"] is None  # no --data
+    assert set(result["peak_flop_s"]) >= {"bf16", "fp32"} and 0 < result["mfu"] <= 1
     json.dumps(result)  # serializable as is
 
 
+def test_params_mode_phases_and_eager_comparison() -> None:
+    cfg = load_config(None, [*TINY, "loss.balancer=mgda", "loss.grad_source=params"])
+    result = run_benchmark(cfg, compare_eager_fp32=True, evaluate=False, **FAST)
+    assert result["train"]["phases"]["backward"] == 0.0  # its backward passes are per task
+    assert result["speedup_vs_eager_fp32"] > 0 and result["eager_fp32"]["img_s"] > 0
+
+
+def test_no_peak_means_no_mfu() -> None:
+    cfg = load_config(None, TINY)
+    result = run_benchmark(cfg, iters=1, warmup=0, peak_size=None, phases=False, evaluate=False)
+    assert result["mfu"] is None and result["train"]["phases"] == {}
+
+
 def test_flops_scale_with_pixels() -> None:
-    small = run_benchmark(load_config(None, TINY), iters=1, warmup=0)
-    big = run_benchmark(load_config(None, [*TINY, "data.crop=[128,192]"]), iters=1, warmup=0)
+    kw = dict(iters=1, warmup=0, phases=False, evaluate=False, peak_size=None)
+    small = run_benchmark(load_config(None, TINY), **kw)
+    big = run_benchmark(load_config(None, [*TINY, "data.crop=[128,192]"]), **kw)
     assert 3.5 < big["flops_per_img"] / small["flops_per_img"] < 4.5
 
 
+@pytest.mark.parametrize("extra", [[], ["loss.balancer=mgda"], ["loss.grad_source=params"]])
+def test_phased_step_makes_the_same_update_as_train_step(extra: list[str]) -> None:
+    """The instrumented copy must time what train_step does, nothing else."""
+    from cvmtl.bench.phases import phased_train_step
+    from cvmtl.benchmark import EngineStep, prepare
+
+    extra = [*extra, "loss.balancer=mgda"] if "loss.grad_source=params" in extra else extra
+    cfg = load_config(None, [*TINY, "train.amp=none", *extra])
+    dev = torch.device("cpu")
+    torch.manual_seed(0)
+    a, opt_a = prepare(cfg, dev)
+    b, opt_b = prepare(cfg, dev, copy.deepcopy(a))
+    batch = random_batch(cfg, 2, dev)
+    step_a, step_b = EngineStep(cfg, dev), EngineStep(cfg, dev)
+    step_a(a, batch, opt_a)
+    times = phased_train_step(b, batch, step_b.balancer, opt_b, step_b.scaler, cfg)
+    assert set(times) == PHASES - {"data"}
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_simple_losses_are_finite() -> None:
-    import torch
-
-    from cvmtl.benchmark import random_batch
-
     cfg = load_config(None, TINY)
     batch = random_batch(cfg, 2, torch.device("cpu"))
     preds = {
@@ -70,13 +113,32 @@ def test_simple_losses_are_finite() -> None:
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_cli_writes_json(tmp_path) -> None:
+def test_sweep_rows_and_table() -> None:
+    from cvmtl.bench.sweep import grid_points, markdown_table, parse_grid, run_sweep
+
+    cfg = load_config(None, TINY)
+    grid = parse_grid(["train.batch_size=[1,2]", "tasks=[[seg],[seg,depth]]"])
+    assert len(grid_points(cfg, grid, "axes")) == 3  # the base point is not repeated
+    assert len(grid_points(cfg, grid, "product")) == 4
+    rows = run_sweep(cfg, grid, "axes", iters=1, warmup=0)
+    assert len(rows) == 3
+    assert {"train.batch_size", "tasks", "step_s_min", "img_s", "step_mem_mb"} <= set(rows[0])
+    table = markdown_table(rows)
+    assert len(table.strip().splitlines()) == 2 + len(rows)
+    assert table.startswith("| train.batch_size | tasks |")
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "tools/benchmark.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_writes_json_with_speedup(tmp_path) -> None:
     out = tmp_path / "bench.json"
-    cmd = [
-        sys.executable,
-        str(REPO / "tools/benchmark.py"),
+    config = str(REPO / "configs/synthetic_demo.yaml")
+    proc = _cli(
         "--config",
-        str(REPO / "configs/synthetic_demo.yaml"),
+        config,
         *TINY,
         "--iters",
         "1",
@@ -86,14 +148,74 @@ def test_cli_writes_json(tmp_path) -> None:
         str(out),
         "--device",
         "cpu",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        "--compare-eager-fp32",
+        "--peak-size",
+        "128",
+    )
     assert proc.returncode == 0, proc.stderr
-    assert "img/s" in proc.stdout
-    check_result(json.loads(out.read_text()))
+    assert "img/s" in proc.stdout and "speedup" in proc.stdout
+    result = json.loads(out.read_text())
+    check_result(result)
+    assert result["speedup_vs_eager_fp32"] > 0
+
+
+def test_cli_sweep_writes_table(tmp_path) -> None:
+    table, out = tmp_path / "sweep.md", tmp_path / "sweep.json"
+    proc = _cli(
+        *TINY,
+        "--sweep",
+        "--grid",
+        "train.batch_size=[1,2]",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--table",
+        str(table),
+        "--json",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(table.read_text().strip().splitlines()) == 4
+    assert [r["train.batch_size"] for r in json.loads(out.read_text())["sweep"]] == [1, 2]
+
+
+def test_cli_loader_mode(tmp_path) -> None:
+    out = tmp_path / "loader.json"
+    root = tmp_path / "no_data_here"  # -> a small synthetic dataset is generated
+    proc = _cli(
+        *TINY,
+        f"data.root={root}",
+        "data.num_workers=1",
+        "--loader",
+        "--loader-batches",
+        "2",
+        "--json",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    loader = json.loads(out.read_text())["loader"]
+    assert loader["img_s"] > 0 and loader["num_workers"] == 1 and loader["batches"] == 2
 
 
 def test_cli_rejects_bad_override() -> None:
-    cmd = [sys.executable, str(REPO / "tools/benchmark.py"), "model.nope=1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = _cli("model.nope=1", timeout=120)
     assert proc.returncode == 2 and "model.nope" in proc.stderr
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager() -> None:
+    """train.compile: the trainer's per-child torch.compile gives the eager outputs."""
+    from cvmtl.engine.runstate import compile_children
+    from cvmtl.models import build_model
+
+    cfg = load_config(None, TINY)
+    torch.manual_seed(0)
+    eager = build_model(cfg).eval()
+    compiled = copy.deepcopy(eager)
+    compile_children(compiled)
+    image = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        want, got = eager(image), compiled(image)
+    for task in want:
+        torch.testing.assert_close(got[task], want[task], rtol=1e-4, atol=1e-4)

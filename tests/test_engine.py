@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -190,3 +191,24 @@ def test_fit_compile(tiny_data, tmp_path):
     fit(cfg)
     keys = set(load_checkpoint(tmp_path / "runs/tiny/last.pt")["model"])
     assert keys and not any("_orig_mod" in k for k in keys)  # names of the plain model
+
+
+def test_best_tracker_rules(tmp_path):
+    from cvmtl.engine.runstate import BestTracker
+
+    tasks = ["seg", "depth"]
+    res = {"seg": {"miou": 40.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.5, "rel_err": 0.2}}
+    fallback = BestTracker("delta_m", tasks, tmp_path, "val")  # no baselines.json
+    assert fallback.metric == "seg/miou" and "baselines.json" in fallback.note
+    lower = BestTracker("depth/abs_err", tasks, tmp_path, "val")
+    assert lower.update(0.5, 1) and not lower.update(0.6, 2) and lower.update(0.4, 3)
+    assert not lower.update(float("nan"), 4) and lower.state_dict()["step"] == 3
+    base = {"seg": {"miou": 40.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.5, "rel_err": 0.2}}
+    (tmp_path / "baselines.json").write_text(json.dumps({"val": base, "test": base}))
+    dm = BestTracker("delta_m", tasks, tmp_path, "val")
+    assert dm.metric == "delta_m" and not dm.note
+    assert dm.value_of(res, dm.delta_m(res)) == pytest.approx(0.0)
+    better = {**res, "depth": {"abs_err": 0.25, "rel_err": 0.2}}  # -50% error: +25 for depth
+    assert dm.value_of(better, dm.delta_m(better)) == pytest.approx(12.5)
+    with pytest.raises(ValueError, match="not trained"):
+        BestTracker("normal/mean", tasks, tmp_path, "val")

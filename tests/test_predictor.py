@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _ckpt import make_checkpoint, tiny_config
 from PIL import Image
 
 from cvmtl import Predictor
 from cvmtl.predictor import as_rgb_uint8, load_image
-from _ckpt import make_checkpoint, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Export a checkpoint to ONNX, torch.export (.pt2) or TorchScript and verify it against PyTorch.
 
     python tools/export.py --checkpoint runs/<name>/best.pt --format onnx --out model.onnx
-    python tools/export.py --checkpoint CKPT --format export --out model.pt2 --height 240 --width 320
+    python tools/export.py --checkpoint CKPT --format export --out m.pt2 --height 240 --width 320
 
 Input ``image`` float32 [B, 3, H, W] normalized with the run's data.mean / data.std; outputs
 ``seg`` (logits), ``depth`` (metres), ``normal`` (unit vectors). Batch, height and width are

@@ -65,7 +65,9 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
             metrics = [m for m, hi in TASKS[t].delta_metrics.items() if hi == higher]
             lines = [(sp, f"{t}/{m}", m) for m in metrics for sp in ("val", "test")]
             panels.append((f"{t} metrics ({kind})", lines, False))
-    panels.append(("Δm [%] (higher is better)", [(sp, "delta_m", "Δm") for sp in ("val", "test")], False))
+    panels.append(
+        ("Δm [%] (higher is better)", [(sp, "delta_m", "Δm") for sp in ("val", "test")], False)
+    )
     panels = [p for p in panels if any(_series(records, sp, k)[0] for sp, k, _ in p[1])]
     if not panels:
         raise ValueError("no curves to plot: the records hold no known keys")

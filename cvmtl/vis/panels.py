@@ -144,7 +144,9 @@ def sample_panel(
         elif task == "depth":
             lo, hi = depth_range(sample)
             p = _hw(pred)
-            im = pred_ax.imshow(np.ma.masked_less_equal(p, 0), cmap=_cmap("turbo"), vmin=lo, vmax=hi)
+            im = pred_ax.imshow(
+                np.ma.masked_less_equal(p, 0), cmap=_cmap("turbo"), vmin=lo, vmax=hi
+            )
             if labeled:
                 g = _hw(gt)
                 gt_ax.imshow(np.ma.masked_less_equal(g, 0), cmap=_cmap("turbo"), vmin=lo, vmax=hi)
