@@ -6,6 +6,7 @@ outside its allowed set raises :class:`ConfigError` naming the key and what was 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -285,11 +286,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({err})") from None
     # YAML reads "1e-3" as a string; accept it as a number, as a user would expect.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in ".eE") else value
-        except ValueError:
-            pass
+    if isinstance(value, str) and any(c in value for c in ".eE"):
+        with contextlib.suppress(ValueError):
+            value = float(value)
     return key.split("."), value
 
 

@@ -92,13 +92,11 @@ def test_fit_bf16_ema_accumulate_uw(tiny_data, tmp_path):
 
 
 def test_fit_fp16_on_cpu(tiny_data, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path / "runs", train__amp="fp16", train__max_steps=1)
-    try:
-        fit(cfg)
-    except ValueError as err:
-        assert "fp16" in str(err)
-        pytest.skip(f"fp16 on CPU refused with a clear error: {err}")
-    assert (tmp_path / "runs" / "tiny" / "last.pt").is_file()
+    cfg = tiny_config(tiny_data, tmp_path / "runs", train__amp="fp16", train__max_steps=2)
+    fit(cfg)
+    ckpt = load_checkpoint(tmp_path / "runs" / "tiny" / "last.pt")
+    assert ckpt["step"] == 2
+    assert ckpt["scaler"]["scale"] > 0  # the GradScaler was on and its state saved
 
 
 def _nan_first_train_batch(monkeypatch):

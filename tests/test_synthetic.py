@@ -55,7 +55,10 @@ def interior(face: np.ndarray, planar: np.ndarray, r: int) -> np.ndarray:
 
 
 def angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.degrees(np.arccos(np.clip((a * b).sum(-1), -1, 1)))
+    # atan2(|a x b|, a.b) is exact near 0 degrees and ignores the ~1e-5 norm error of 16-bit
+    # decoding, where arccos of the dot product would report ~0.3 degrees for identical normals.
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.degrees(np.arctan2(np.linalg.norm(np.cross(a, b), axis=-1), (a * b).sum(-1)))
 
 
 def test_normals_agree_with_depth(scenes):

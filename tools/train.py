@@ -12,7 +12,10 @@ the multi-task run (so train.best_metric=delta_m selects on validation delta_m);
 --baselines-only it stops after the baselines. Finished baselines are reused, not retrained.
 With finetune.epochs > 0, task-specific fine-tuning follows the multi-task run.
 
-Exit codes: 0 done; 130 / 143 stopped by SIGINT / SIGTERM after saving last.pt (resumable).
+Exit codes: 0 done; 1 aborted after train.max_bad_steps non-finite steps in a row; 2 bad input
+(config, data, checkpoint: one line on stderr naming the key or file; CVMTL_TRACEBACK=1 shows the
+traceback) or a failed write (e.g. disk full); 130 / 143 stopped by SIGINT / SIGTERM after saving
+last.pt (resumable).
 """
 
 from __future__ import annotations
@@ -26,6 +29,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from cvmtl.config import ConfigError, load_config  # noqa: E402
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` as one line. An error raised in a DataLoader worker comes back with
+    the worker's traceback in its message; its last line is the original error."""
+    text = str(err).strip() or type(err).__name__
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]  # drop "cvmtl.data.io.DataError: "
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from cvmtl.engine.baselines import TrainingInterrupted, train_baselines
     from cvmtl.engine.distributed import cleanup_distributed, is_main_process
     from cvmtl.engine.finetune import finetune_after_fit
-    from cvmtl.engine.trainer import fit
+    from cvmtl.engine.trainer import TrainingAborted, fit
 
     try:
         if args.train_baselines or args.baselines_only:
@@ -79,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         main_rank = is_main_process()
     except TrainingInterrupted as stop:
         return 128 + stop.signum
+    except (ValueError, OSError, TrainingAborted) as err:  # ConfigError, DataError: ValueErrors
+        if os.environ.get("CVMTL_TRACEBACK"):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 1 if isinstance(err, TrainingAborted) else 2
     finally:
         cleanup_distributed()
     if result["interrupted"]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,34 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX when both sit on one file system
+    except OSError as err:  # disk full, quota, read-only: say which file, and that nothing broke
+        tmp.unlink(missing_ok=True)
+        raise OSError(
+            err.errno,
+            f"cannot write checkpoint {path}: {err.strerror or err} "
+            f"(the previous {path.name}, if any, is unchanged)",
+        ) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)  # make the rename itself durable
+    _remove_stale_temps(path)
     return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files of ``path`` left by writers that died mid-write (``kill -9``, OOM
+    killer): nothing else would ever remove them. A temp file of a live process is kept."""
+    for old in path.parent.glob(f".{path.name}.tmp*"):
+        pid = old.name.rsplit(".tmp", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            old.unlink(missing_ok=True)
+        except OSError:  # exists, owned by someone else
+            pass
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -71,12 +95,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, pickle with custom classes, not a torch file
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        # torch's weights_only message is long; the unpickler line says what was refused
-        why = next((ln for ln in lines if "Unpickler error" in ln), lines[0] if lines else "")
         raise ValueError(
             f"{path} is not a cvmtl checkpoint: torch.load(weights_only=True) failed: "
-            f"{why or type(err).__name__}"
+            f"{_load_failure(err, path)}"
         ) from None
     if not isinstance(state, dict) or MAGIC_KEY not in state:
         raise ValueError(
@@ -89,6 +110,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: checkpoint format {version} is newer than this cvmtl ({FORMAT_VERSION})"
         )
     return state
+
+
+def _load_failure(err: Exception, path: Path) -> str:
+    """One line on why torch.load failed (its weights_only message is a long paragraph)."""
+    if not zipfile.is_zipfile(path):  # what torch.save writes (and so cvmtl) is a zip archive
+        return "not a torch zip archive (truncated, or another kind of file)"
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):  # "... WeightsUnpickler error: " + what was refused
+        if "Unpickler error" in line:
+            what = line.split("Unpickler error:", 1)[-1].strip()
+            return what or (lines[i + 1] if i + 1 < len(lines) else line)
+    return lines[0] if lines else type(err).__name__
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cvmtl.engine.distributed import all_reduce_sum, is_dist
-from cvmtl.tasks import get_task, higher_is_better
+from cvmtl.tasks import TASKS, get_task, higher_is_better
 
 
 def seed_everything(seed: int) -> None:
@@ -119,6 +119,19 @@ def base_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
+def _zero_baselines(baselines: dict | None) -> list[str]:
+    """Names of delta_m metrics whose baseline is 0 (delta_m divides by the baseline)."""
+    if not baselines:
+        return []
+    return [
+        f"{task}/{metric}"
+        for task, values in baselines.items()
+        if task in TASKS
+        for metric in get_task(task).delta_metrics
+        if values.get(metric) == 0
+    ]
+
+
 class BestTracker:
     """Chooses ``best.pt`` on the validation split by ``train.best_metric``.
 
@@ -132,13 +145,16 @@ class BestTracker:
         self.path = run_dir / "baselines.json"
         self.baselines = load_baselines(self.path, val_split, tasks)
         self.note = ""
-        if best_metric == "delta_m" and self.baselines is None:
+        zero = _zero_baselines(self.baselines)
+        if best_metric == "delta_m" and (self.baselines is None or zero):
             task = tasks[0]
             metric = next(iter(get_task(task).delta_metrics))
+            why = f"has 0 for {zero} (relative change undefined)" if zero else "has no"
             self.note = (
-                f"train.best_metric=delta_m but {run_dir / 'baselines.json'} has no "
+                f"train.best_metric=delta_m but {run_dir / 'baselines.json'} {why} "
                 f"'{val_split}' baselines for {tasks}: choosing best.pt by {task}/{metric}"
             )
+            self.baselines = None
             best_metric = f"{task}/{metric}"
         self.metric = best_metric
         if best_metric == "delta_m":
@@ -157,6 +173,8 @@ class BestTracker:
         base = self.baselines if split is None else load_baselines(self.path, split, self.tasks)
         if base is None:
             return None
+        if _zero_baselines(base):
+            return None  # a zero baseline makes the relative change undefined
         from cvmtl.metrics import delta_m
 
         return delta_m(results, base, self.tasks)

@@ -8,8 +8,8 @@ exactly the batches, augmentations and random numbers an uninterrupted run would
 
 Exit paths: ``fit`` returns normally (``result["interrupted"]`` is None), returns after SIGINT /
 SIGTERM once ``last.pt`` is saved (``result["interrupted"]`` = the signal number; tools/train.py
-exits with 128 + signum: 130 / 143), or raises RuntimeError after ``train.max_bad_steps``
-consecutive non-finite steps (the previous ``last.pt`` is kept).
+exits with 128 + signum: 130 / 143), or raises :class:`TrainingAborted` (a RuntimeError) after
+``train.max_bad_steps`` consecutive non-finite steps (the previous ``last.pt`` is kept).
 """
 
 from __future__ import annotations
@@ -235,6 +235,10 @@ def train_one_epoch(run: Run) -> bool:
     return state.batch >= per_epoch
 
 
+class TrainingAborted(RuntimeError):
+    """Too many consecutive non-finite steps (``train.max_bad_steps``); last.pt is intact."""
+
+
 def _skipped_step(run: Run, out: dict) -> None:
     """Count and log a skipped step; abort after ``max_bad_steps`` bad ones in a row. An fp16
     overflow is the GradScaler calibrating itself, not a bad step: it is only counted."""
@@ -248,7 +252,7 @@ def _skipped_step(run: Run, out: dict) -> None:
     record = {"skipped": reason, "skipped_steps": state.skipped_steps}
     run.logger.log(state.step, state.epoch, "train", record)
     if state.bad_steps >= run.cfg.train.max_bad_steps:
-        raise RuntimeError(
+        raise TrainingAborted(
             f"training aborted at step {state.step}: {state.bad_steps} consecutive steps skipped "
             f"(train.max_bad_steps={run.cfg.train.max_bad_steps}; last: {reason}). The last saved "
             "last.pt is intact; lower train.lr, set train.grad_clip, or check the data"

@@ -1,0 +1,218 @@
+"""The logic of ``tools/demo.py`` (``make demo``): one command from nothing to a report.
+
+Stages, each with a progress bar: render the synthetic dataset (skipped when ``root`` already
+holds the same counts / size / seed / renderer, recorded in ``demo_stamp.json``), train the
+single-task baselines then the multi-task model with the same step budget
+(:func:`cvmtl.engine.baselines.train_baselines` then :func:`cvmtl.engine.trainer.fit`), evaluate
+``best.pt`` on the test split with delta_m (``report/``), draw panels and curves (``vis/``), and
+print a single-task vs multi-task table. A rerun reuses every finished stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cvmtl.config import Config, load_config, to_dict
+
+STAMP = "demo_stamp.json"  # in the dataset root: what was rendered there
+RUN_STAMP = "demo_data.json"  # in the run folder: which dataset the runs were trained on
+
+
+@dataclass
+class DemoOptions:
+    """What the demo renders and draws (the training itself is all in the config)."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {"train": 600, "val": 100, "test": 100})
+    seed: int = 0
+    workers: int = 2
+    num_vis: int = 8
+    threads: int = 0  # torch intra-op threads; 0 = one per core
+    fresh: bool = False
+
+
+def renderer_version() -> str:
+    """A short hash of the renderer's source: a changed renderer means a stale dataset."""
+    folder = Path(__file__).parent / "data"
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("synthetic*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def dataset_stamp(counts: dict[str, int], size: list[int], seed: int) -> dict[str, Any]:
+    return {
+        "counts": dict(counts),
+        "size": [int(size[0]), int(size[1])],
+        "seed": int(seed),
+        "renderer": renderer_version(),
+    }
+
+
+def dataset_is_current(root: Path, stamp: dict[str, Any]) -> bool:
+    """True when ``root`` was rendered with ``stamp`` and every split list is complete."""
+    path = root / STAMP
+    if not path.is_file():
+        return False
+    try:
+        if json.loads(path.read_text()) != stamp:
+            return False
+    except json.JSONDecodeError:
+        return False
+    for split, n in stamp["counts"].items():
+        ids = root / "splits" / f"{split}.txt"
+        if not ids.is_file() or len(ids.read_text().split()) != n:
+            return False
+    return True
+
+
+def ensure_dataset(cfg: Config, opts: DemoOptions) -> tuple[dict[str, Any], bool]:
+    """Render the dataset at ``data.crop`` unless it is current; returns (stamp, rendered)."""
+    from cvmtl.data.synthetic import generate_dataset
+
+    root = Path(cfg.data.root)
+    stamp = dataset_stamp(opts.counts, cfg.data.crop, opts.seed)
+    if dataset_is_current(root, stamp):
+        return stamp, False
+    (root / STAMP).unlink(missing_ok=True)  # an interrupted render must not look finished
+    generate_dataset(root, opts.counts, tuple(stamp["size"]), opts.seed, opts.workers, True)
+    (root / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")  # last: marks it complete
+    return stamp, True
+
+
+def run_finished(cfg: Config) -> bool:
+    """True when ``cfg.run_dir`` holds a finished run of exactly ``cfg`` (last.pt + best.pt)."""
+    from cvmtl.engine.baselines import multitask_steps
+    from cvmtl.engine.checkpoint import load_checkpoint
+    from cvmtl.engine.resume import config_changes
+
+    last, best = cfg.run_dir / "last.pt", cfg.run_dir / "best.pt"
+    if not (last.is_file() and best.is_file()):
+        return False
+    try:
+        ckpt = load_checkpoint(last)
+    except ValueError:
+        return False
+    if config_changes(ckpt.get("config", {}), to_dict(cfg)):
+        return False
+    return int(ckpt.get("step", 0)) >= multitask_steps(cfg)
+
+
+def _prepare_run_dir(cfg: Config, stamp: dict[str, Any], fresh: bool) -> None:
+    """Start the run folder over when asked, or when its runs saw another dataset."""
+    run_dir = cfg.run_dir
+    marker = run_dir / RUN_STAMP
+    seen = json.loads(marker.read_text()) if marker.is_file() else None
+    if run_dir.exists() and (fresh or seen != stamp):
+        why = "--fresh" if fresh else "trained on another dataset"
+        print(f"demo: clearing {run_dir} ({why})")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(stamp, indent=2) + "\n")
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Baselines first (baselines.json), then the multi-task run; finished runs are reused.
+
+    Returns baselines.json's content. Baselines and the multi-task run share backbone, optimizer,
+    schedule, batch size and step count (see :mod:`cvmtl.engine.baselines`).
+    """
+    from cvmtl.engine.baselines import train_baselines
+    from cvmtl.engine.trainer import fit
+
+    baselines = train_baselines(cfg)
+    if run_finished(cfg):
+        print(f"demo: {cfg.run_dir} is finished; not retrained")
+    else:
+        result = fit(cfg)
+        if result["interrupted"]:
+            raise KeyboardInterrupt(f"stopped by signal {result['interrupted']} (rerun resumes)")
+    return baselines
+
+
+def run_demo(
+    config: str | Path, overrides: list[str] | tuple = (), opts: DemoOptions | None = None
+) -> dict[str, Any]:
+    """Run every stage; print the summary; return ``{"metrics", "baselines", "floors", "paths",
+    "seconds"}`` (``seconds`` per stage)."""
+    from cvmtl.demo_report import compute_floors, format_summary, write_visuals
+    from cvmtl.engine.eval_run import run_eval
+
+    opts = opts or DemoOptions()
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    if opts.threads > 0:
+        torch.set_num_threads(opts.threads)
+    cfg = load_config(config, list(overrides))
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = now - clock
+        clock = now
+        print(f"demo: {stage} done in {seconds[stage]:.0f} s", flush=True)
+
+    size = "x".join(str(v) for v in cfg.data.crop)
+    print(f"demo [1/5] dataset {cfg.data.root} ({opts.counts}, {size})")
+    stamp, rendered = ensure_dataset(cfg, opts)
+    print("demo: dataset " + ("rendered" if rendered else "already present (stamp matches)"))
+    lap("dataset")
+
+    print(f"demo [2/5] training {len(cfg.tasks)} single-task baselines + the multi-task model")
+    _prepare_run_dir(cfg, stamp, opts.fresh or rendered)
+    baselines = train(cfg)
+    lap("training")
+
+    print(f"demo [3/5] evaluating {cfg.run_dir / 'best.pt'} on the test split")
+    report = cfg.run_dir / "report"
+    try:
+        metrics = run_eval(cfg.run_dir / "best.pt", split="test", out=report)
+    except ValueError as err:  # a baseline metric of 0 (far too short a run): no delta_m
+        if "baseline" not in str(err):
+            raise
+        print(f"demo: warning: {err}; evaluating without delta_m")
+        empty = cfg.run_dir / "no_baselines.json"
+        empty.write_text("{}\n")
+        metrics = run_eval(cfg.run_dir / "best.pt", split="test", out=report, baselines=empty)
+    lap("evaluation")
+
+    print(f"demo [4/5] visualizations -> {cfg.run_dir / 'vis'}")
+    vis = write_visuals(cfg, opts.num_vis)
+    lap("visualization")
+
+    print("demo [5/5] summary")
+    floors = compute_floors(cfg)
+    paths = {
+        "run": str(cfg.run_dir),
+        "checkpoint": str(cfg.run_dir / "best.pt"),
+        "baselines": str(cfg.run_dir / "baselines.json"),
+        "report": str(report / "report.html"),
+        "metrics": str(report / "metrics.json"),
+        "vis": str(vis),
+        "tensorboard": f"tensorboard --logdir {cfg.out_dir}",
+    }
+    test_base = baselines.get(cfg.data.test_split, {})
+    print(format_summary(metrics, test_base, floors, cfg.tasks))
+    lap("summary")
+    seconds["total"] = sum(seconds.values())
+    for key, value in paths.items():
+        print(f"  {key:12s} {value}")
+    print(f"demo: finished in {seconds['total']:.0f} s")
+    summary = {
+        "metrics": metrics,
+        "baselines": test_base,
+        "floors": floors,
+        "paths": paths,
+        "seconds": seconds,
+    }
+    (cfg.run_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

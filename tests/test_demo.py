@@ -1,0 +1,132 @@
+"""The demo pipeline (tools/demo.py) and the balancer comparison (tools/compare_balancers.py) on
+tiny settings: a few optimizer steps on 32x32 crops of a handful of rendered scenes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from enginekit import REPO, make_tiny_dataset, one_thread  # noqa: F401  (autouse fixture)
+
+from cvmtl.config import load_config
+from cvmtl.demo import STAMP, DemoOptions, dataset_is_current, run_demo
+from cvmtl.experiments import compare, load_results, results_table
+
+CONFIG = REPO / "configs" / "synthetic_demo.yaml"
+
+
+def tiny(tmp_path: Path, root: Path, **extra) -> list[str]:
+    """Overrides of the demo config down to a few seconds of CPU."""
+    values = {
+        "out_dir": tmp_path / "runs",
+        "data.root": root,
+        "data.crop": "[32, 32]",
+        "data.num_workers": 0,
+        "data.eval_batch_size": 4,
+        "model.neck_channels": 16,
+        "model.head_channels": 8,
+        "train.max_steps": 2,
+        "train.warmup_steps": 0,
+        "train.batch_size": 4,
+        "train.amp": "none",
+        "train.channels_last": "false",
+        "train.device": "cpu",
+        "train.log_every": 1,
+        "train.num_vis": 0,
+    }
+    values.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_demo_config_is_valid():
+    cfg = load_config(CONFIG)
+    assert cfg.name == "synthetic_demo" and cfg.tasks == ["seg", "depth", "normal"]
+    assert cfg.train.best_metric == "delta_m" and cfg.model.pretrained is False
+
+
+def test_demo_pipeline_and_rerun(tmp_path, capsys):
+    root = tmp_path / "syn"
+    opts = DemoOptions(counts={"train": 8, "val": 4, "test": 4}, workers=1, num_vis=2)
+    out = run_demo(CONFIG, tiny(tmp_path, root), opts)
+    run = tmp_path / "runs" / "synthetic_demo"
+    stamp = json.loads((root / STAMP).read_text())
+    assert stamp["counts"] == opts.counts and stamp["size"] == [32, 32]
+    assert dataset_is_current(root, stamp)
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    base = json.loads((run / "baselines.json").read_text())["test"]
+    # 2 steps can leave a baseline metric at 0 (e.g. normal a11): then delta_m is undefined
+    defined = all(v != 0 for t in base.values() for v in t.values())
+    assert metrics["split"] == "test" and ("delta_m" in metrics) == defined
+    for name in ("report/report.md", "report/report.html", "baselines.json", "vis/curves.png"):
+        assert (run / name).is_file(), name
+    assert (run / "vis" / "test_contact_sheet.png").is_file()
+    assert len(list((run / "vis").glob("test_0*.png"))) == 2
+    for task in ("seg", "depth", "normal"):
+        assert (run / "baselines" / task / "best.pt").is_file()
+    assert set(out["floors"]) == {"seg", "depth", "normal"}
+    text = capsys.readouterr().out
+    assert "seg     miou" in text and "delta_m" in text
+
+    # A rerun renders nothing and retrains nothing.
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("best.pt")}
+    run_demo(CONFIG, tiny(tmp_path, root), opts)
+    text = capsys.readouterr().out
+    assert "already present" in text and "not retrained" in text
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("best.pt")} == before
+
+
+def test_dataset_stamp_mismatch(tmp_path):
+    root = tmp_path / "syn"
+    root.mkdir()
+    stamp = {"counts": {"train": 2}, "size": [8, 8], "seed": 0, "renderer": "x"}
+    assert not dataset_is_current(root, stamp)  # no stamp
+    (root / STAMP).write_text(json.dumps(stamp))
+    assert not dataset_is_current(root, stamp)  # no split list
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("a\nb\n")
+    assert dataset_is_current(root, stamp)
+    assert not dataset_is_current(root, {**stamp, "seed": 1})
+
+
+def test_compare_resumes_and_tables(tmp_path, monkeypatch):
+    data = make_tiny_dataset(tmp_path / "data")
+    over = tiny(tmp_path, data, data__num_classes=4)
+    out = tmp_path / "cmp"
+    results = compare(CONFIG, over, variants=["fixed", "uw"], seeds=[0], out=out)
+    assert set(results["runs"]) == {"fixed/seed0", "uw/seed0"}
+    saved = load_results(out)
+    assert saved["runs"]["uw/seed0"]["step"] == 2 and "0" in saved["baselines"]
+    assert "overall" in saved["runs"]["fixed/seed0"]["delta_m"]
+    assert (out / "seed0" / "uw" / "best.pt").is_file()
+
+    # Finished runs are skipped: a rerun must not train at all.
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a finished run was retrained")
+
+    monkeypatch.setattr("cvmtl.engine.trainer.fit", no_fit)
+    again = compare(CONFIG, over, variants=["fixed", "uw"], seeds=[0], out=out)
+    assert again["runs"] == saved["runs"]
+
+    table = results_table(again).splitlines()
+    assert table[0].startswith("| method | seeds | seg miou")
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["single-task", "fixed (hard)", "uw"]
+
+
+def test_table_mean_and_std():
+    run = {"test": {"seg": {"miou": 10.0}}, "delta_m": {"overall": 1.0}, "seconds": 60}
+    results = {
+        "baselines": {"0": {"seg": {"miou": 9.0}}},
+        "runs": {
+            "uw/seed0": {**run, "variant": "uw"},
+            "uw/seed1": {**run, "variant": "uw", "test": {"seg": {"miou": 12.0}}},
+        },
+    }
+    row = results_table(results).splitlines()[-1]
+    assert "| uw | 2 | 11.00 ± 1.41 |" in row and "1.00 ± 0.00" in row
+
+
+@pytest.mark.parametrize("bad", [["nope"]])
+def test_compare_rejects_unknown_variant(tmp_path, bad):
+    with pytest.raises(ValueError, match="unknown variant"):
+        compare(CONFIG, [], variants=bad, seeds=[0], out=tmp_path)
