@@ -113,9 +113,14 @@ def run_variant(cfg: Config, baselines_file: Path) -> dict[str, Any]:
         raise KeyboardInterrupt(f"{cfg.run_dir}: stopped by signal {result['interrupted']}")
     test = _scalars(result["test"])
     base = json.loads(baselines_file.read_text())[cfg.data.test_split]
+    try:
+        dm = delta_m(test, base, cfg.tasks)
+    except ValueError as err:  # a baseline metric of 0: a far too short run
+        print(f"compare: {cfg.run_dir}: no delta_m ({err})")
+        dm = None
     return {
         "test": test,
-        "delta_m": delta_m(test, base, cfg.tasks),
+        "delta_m": dm,
         "step": int(result["step"]),
         "best": result["best"],
         "seconds": time.perf_counter() - start,
@@ -198,7 +203,7 @@ def results_table(results: dict[str, Any]) -> str:
             _cell([r["test"][t][m] for r in runs if m in r["test"].get(t, {})], digits.get(m, 2))
             for t, m, _ in COLUMNS
         ]
-        dm = _cell([r["delta_m"]["overall"] for r in runs], 2)
+        dm = _cell([r["delta_m"]["overall"] for r in runs if r["delta_m"]], 2)
         minutes = sum(r["seconds"] for r in runs) / len(runs) / 60
         label = "fixed (hard)" if name == "fixed" else "fixed (soft)" if name == "soft" else name
         row = [label, str(len(runs)), *cells, dm, f"{minutes:.1f}"]

@@ -11,6 +11,7 @@ from enginekit import REPO, make_tiny_dataset, one_thread  # noqa: F401  (autous
 
 from cvmtl.config import load_config
 from cvmtl.demo import STAMP, DemoOptions, dataset_is_current, run_demo
+from cvmtl.demo_report import format_summary
 from cvmtl.experiments import compare, load_results, results_table
 
 CONFIG = REPO / "configs" / "synthetic_demo.yaml"
@@ -45,6 +46,7 @@ def test_demo_config_is_valid():
     assert cfg.train.best_metric == "delta_m" and cfg.model.pretrained is False
 
 
+@pytest.mark.slow  # 4 tiny trainings + eval + panels, twice: ~25 s idle, ~60 s on a busy box
 def test_demo_pipeline_and_rerun(tmp_path, capsys):
     root = tmp_path / "syn"
     opts = DemoOptions(counts={"train": 8, "val": 4, "test": 4}, workers=1, num_vis=2)
@@ -91,7 +93,7 @@ def test_dataset_stamp_mismatch(tmp_path):
 
 def test_compare_resumes_and_tables(tmp_path, monkeypatch):
     data = make_tiny_dataset(tmp_path / "data")
-    over = tiny(tmp_path, data, data__num_classes=4)
+    over = tiny(tmp_path, data, data__num_classes=4, tasks="[seg, depth]")
     out = tmp_path / "cmp"
     results = compare(CONFIG, over, variants=["fixed", "uw"], seeds=[0], out=out)
     assert set(results["runs"]) == {"fixed/seed0", "uw/seed0"}
@@ -130,3 +132,13 @@ def test_table_mean_and_std():
 def test_compare_rejects_unknown_variant(tmp_path, bad):
     with pytest.raises(ValueError, match="unknown variant"):
         compare(CONFIG, [], variants=bad, seeds=[0], out=tmp_path)
+
+
+def test_summary_table():
+    metrics = {
+        "metrics": {"seg": {"miou": 20.0, "pixel_acc": 60.0}},
+        "delta_m": {"overall": 5.0, "per_task": {"seg": 5.0}, "per_metric": {"seg/miou": 10.0}},
+    }
+    text = format_summary(metrics, {"seg": {"miou": 18.0}}, {"seg": {"miou": 7.0}}, ["seg"])
+    assert "seg     miou ^        7.00     18.00     20.00   +10.00" in text
+    assert "delta_m (multi-task vs single-task, test split): +5.00%" in text

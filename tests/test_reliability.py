@@ -85,7 +85,7 @@ def _temp_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
 
 
-# -- 1. kill -9 mid-training, then --resume ---------------------------------------------------------
+# -- 1. kill -9 mid-training, then --resume ------------------------------------------------------
 def test_kill9_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_path):
     """SIGKILL gives the trainer no chance to save: what survives is the last atomic last.pt
     (train.save_every=2; the kill may land during a write). Breaks if a kill corrupts last.pt,
@@ -244,7 +244,9 @@ def test_bad_config_value_is_exit_2_and_one_stderr_line(tmp_path, override, need
         ("loss.balancer_args={weigths: {seg: 2}}", ["weigths", "accepted: weights"]),
     ],
 )
-def test_bad_model_or_balancer_is_exit_2_and_one_line(tiny_data, tmp_path, capsys, override, needles):
+def test_bad_model_or_balancer_is_exit_2_and_one_line(
+    tiny_data, tmp_path, capsys, override, needles
+):
     """Names checked when the run is built (timm's registry, the balancer's hyper-parameters).
     Breaks if tools/train.py lets their ValueError out as a traceback."""
     args = tiny_overrides(tiny_data, tmp_path, **FAST) + [override]
