@@ -110,7 +110,7 @@ def format_summary(
     ``metrics`` is metrics.json's content."""
     results, dm = metrics["metrics"], metrics.get("delta_m") or {}
     per_metric = dm.get("per_metric", {})
-    head = f"{'task':7s} {'metric':10s} {'floor':>9s} {'single':>9s} {'multi':>9s} {'change':>8s}"
+    head = f"{'task':7s} {'metric':12s} {'floor':>9s} {'single':>9s} {'multi':>9s} {'change':>8s}"
     lines = [head, "-" * len(head)]
     for task in tasks:
         for metric, higher in get_task(task).delta_metrics.items():
@@ -120,12 +120,12 @@ def format_summary(
             change = per_metric.get(f"{task}/{metric}")
             arrow = "^" if higher else "v"
             lines.append(
-                f"{task:7s} {metric + ' ' + arrow:10s} {_fmt(metric, floor):>9s} "
+                f"{task:7s} {metric + ' ' + arrow:12s} {_fmt(metric, floor):>9s} "
                 f"{_fmt(metric, single):>9s} {_fmt(metric, multi):>9s} "
                 f"{'-' if change is None else format(change, '+.2f'):>8s}"
             )
         if task in dm.get("per_task", {}):
-            lines.append(f"{task:7s} {'delta_m':10s} {'':>9s} {'':>9s} {'':>9s} "
+            lines.append(f"{task:7s} {'delta_m':12s} {'':>9s} {'':>9s} {'':>9s} "
                          f"{dm['per_task'][task]:>+8.2f}")  # fmt: skip
         lines.append("")
     if "overall" in dm:

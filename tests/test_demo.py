@@ -140,5 +140,5 @@ def test_summary_table():
         "delta_m": {"overall": 5.0, "per_task": {"seg": 5.0}, "per_metric": {"seg/miou": 10.0}},
     }
     text = format_summary(metrics, {"seg": {"miou": 18.0}}, {"seg": {"miou": 7.0}}, ["seg"])
-    assert "seg     miou ^        7.00     18.00     20.00   +10.00" in text
+    assert "seg     miou ^            7.00     18.00     20.00   +10.00" in text
     assert "delta_m (multi-task vs single-task, test split): +5.00%" in text

@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     run_dir = Path(args.resume) if isinstance(args.resume, str) else None
+    if run_dir is not None and run_dir.suffix == ".pt":  # --resume runs/x/last.pt: its folder
+        run_dir = run_dir.parent
     config = args.config
     if config is None and run_dir is not None:
         config = run_dir / "config.yaml"

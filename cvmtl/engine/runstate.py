@@ -28,8 +28,6 @@ def seed_everything(seed: int) -> None:
 
 def check_amp(amp: str, device: torch.device) -> None:
     """A clear error for a ``train.amp`` the device cannot run."""
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs a CUDA device (use bf16 on CPU)")
     if amp != "none" and not torch.amp.autocast_mode.is_autocast_available(device.type):
         raise ValueError(f"train.amp={amp}: torch has no autocast for {device.type}")
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
