@@ -165,7 +165,12 @@ def compute_losses(preds: dict, batch: dict, cfg) -> dict[str, torch.Tensor]:
             return {}
         # float64: a float32 pixel count stops being exact past 2^24 (a few large DDP batches)
         totals = all_reduce_sum(torch.stack(stats).double())  # [T, 3]: global sums, counts
-        counts = totals[:, 1].tolist()  # the one host read: which tasks are present
+        # The one host read: which tasks are present. It stays (rather than weighting absent
+        # tasks 0 on the device): the balancers' contract is a dict of the present tasks, and
+        # their state (DWA / FAMO / GLS / RLW histories, gradient balancers' active rows) is
+        # updated for those only; making all of them mask-aware would buy one fewer sync per
+        # step on GPU, where train_step reads the gradient norm at the optimizer step anyway.
+        counts = totals[:, 1].tolist()
         out: dict[str, torch.Tensor] = {}
         for i, task in enumerate(tasks):
             if counts[i] <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,15 +55,35 @@ def param_groups(
 def build_optimizer(
     model: nn.Module, cfg: TrainConfig, extra: Iterable[nn.Parameter] = ()
 ) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum ``cfg.momentum``) over :func:`param_groups`."""
+    """AdamW or SGD (momentum ``cfg.momentum``) over :func:`param_groups`, with torch's fused
+    kernel where it has one for the parameters' device (see :func:`fused_or_default`)."""
     groups = param_groups(model, cfg, extra)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return fused_or_default(torch.optim.AdamW, groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        return fused_or_default(
+            torch.optim.SGD, groups, lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )  # fmt: skip
     raise ValueError(f"train.optimizer: expected adamw|sgd, got {cfg.optimizer!r}")
+
+
+def fused_or_default(
+    cls: type[torch.optim.Optimizer], groups: list[dict], **kwargs: Any
+) -> torch.optim.Optimizer:
+    """``cls(groups, fused=True, **kwargs)``, or torch's default implementation (foreach on CUDA)
+    where that construction is refused.
+
+    The fused kernels do the whole update in one pass over each parameter: on a 2-core CPU,
+    AdamW over 11.7 M parameters takes ~0.09 s instead of ~0.15 s (for-loop) and SGD ~0.008 s
+    instead of ~0.023 s. torch >= 2.4 has them for CPU and CUDA; an older torch (or another
+    device) raises at construction, which is the test used here. The choice is stored in the
+    param groups (``fused``), so a resumed run keeps the one its checkpoint was written with.
+    """
+    try:  # the groups are copied: a refused construction has already filled them with defaults
+        return cls([dict(g) for g in groups], fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return cls([dict(g) for g in groups], **kwargs)
 
 
 def lr_factor(name: str, total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from cvmtl.metrics._common import accumulate, check_shapes, count_bins, nan_if_empty, reduced
+from cvmtl.metrics._common import accumulate, check_shapes, nan_if_empty, reduced
 
 # Order of the accumulated sums (one float64 vector, so DDP needs a single all_reduce).
 _SUMS = ("abs", "rel", "sq_rel", "sq", "log_sq", "d1", "d2", "d3", "count")
@@ -50,17 +50,18 @@ class DepthMetric:
         rel = (r - 1).abs_()  # |p - g| / g
         ad = rel * g  # |p - g|
         log_r = r.log_()
-        # max(p/g, g/p) < 1.25**k  <=>  |log r| / log 1.25 < k: bucket 0..3 (3 = none), the
-        # thresholds being evenly spaced in log space; invalid pixels -> bucket 4.
-        bucket = log_r.abs().mul_(1.0 / math.log(1.25)).long().clamp_(0, 3)
-        counts = count_bins(torch.where(valid.flatten(), bucket.flatten(), 4), 5)
+        # max(p/g, g/p) < 1.25**k  <=>  |log r| / log 1.25 < k (the thresholds are evenly
+        # spaced in log space). Invalid pixels (r = 1) pass every test: their number is taken
+        # off below. All counts and sums go into one vector: one conversion, one accumulate.
         ad, rel, log_r = ad.flatten(), rel.flatten(), log_r.flatten()
+        steps = log_r.abs().mul_(1.0 / math.log(1.25))
+        count = valid.sum()
+        invalid = valid.numel() - count
         sums = torch.stack(
             [ad.sum(), rel.sum(), torch.dot(ad, rel), torch.dot(ad, ad), torch.dot(log_r, log_r)]
-        ).double()
-        deltas = counts.cumsum(0)  # below 1.25, 1.25**2, 1.25**3, all valid
-        sums = torch.cat([sums, deltas[:4].double()])
-        self._sums = accumulate(self._sums, sums)
+        )
+        counts = torch.stack([(steps < k).sum() - invalid for k in (1, 2, 3)] + [count])
+        self._sums = accumulate(self._sums, torch.cat([sums.double(), counts.double()]))
 
     def compute(self) -> dict[str, float]:
         s = dict(zip(_SUMS, reduced(self._sums).cpu().tolist()))

@@ -48,13 +48,13 @@ class SegMetric:
         pred = pred.long()
         if not from_logits:  # a label out of range is wrong, never wrapped onto another class
             pred = torch.where((pred >= 0) & (pred < c), pred, c)
-        valid = (target >= 0) & (target < c)
-        # Masked-out pixels go to an overflow bin that is dropped: no boolean indexing, so no
-        # host sync on CUDA.
+        # Row t + 1 of a [C + 2, C + 1] table counts target t: a target outside 0..C-1 is
+        # clamped into row 0 or row C + 1, both dropped. Masks by index, not boolean indexing:
+        # no host sync on CUDA, and three integer passes before the count.
         # (pred is a fresh tensor here, so the in-place add leaves the caller's alone)
-        index = torch.where(valid, pred.add_(target, alpha=c + 1), c * (c + 1))
-        counts = count_bins(index, c * (c + 1) + 1)
-        self._cm = accumulate(self._cm, counts[: c * (c + 1)])
+        row = target.add(1).clamp_(0, c + 1)
+        counts = count_bins(pred.add_(row, alpha=c + 1), (c + 2) * (c + 1))
+        self._cm = accumulate(self._cm, counts[c + 1 : (c + 1) * (c + 1)])
 
     @property
     def confusion(self) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Task heads on the fused stride-4 map: conv-norm-relu + 1x1 prediction, upsampled to the input.
 
-Each head upsamples its raw prediction (bilinear) to the padded input size, crops it to the
+Each head upsamples its raw prediction 4x (bilinear) to the padded input size, crops it to the
 original size, then applies its task's output map (identity / bounded depth / unit normals) in
 float32, so activations are exact under bf16 autocast and losses get float32 inputs.
 """
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvmtl.models.neck import conv_norm_act
+from cvmtl.models.neck import OUT_STRIDE, conv_norm_act
 from cvmtl.tasks import get_task
 
 
@@ -27,14 +27,21 @@ class DenseHead(nn.Module):
     def activate(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def forward(
-        self, x: torch.Tensor, padded_size: tuple[int, int], size: tuple[int, int]
-    ) -> torch.Tensor:
-        """Features -> prediction at ``size``: upsample to ``padded_size``, crop bottom/right."""
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Stride-4 features -> prediction at ``size``: upsample 4x (to the padded input size),
+        crop bottom/right by slicing (trace-friendly: no size is turned into a Python int)."""
         x = self.pred(self.block(x))
-        x = F.interpolate(x, size=tuple(padded_size), mode="bilinear", align_corners=False)
-        x = x[..., : size[0], : size[1]]
-        return self.activate(x.float())
+        x = F.interpolate(x, scale_factor=float(OUT_STRIDE), mode="bilinear", align_corners=False)
+        return self.activate(crop(x, size).float())
+
+
+def crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x[..., :h, :w]``: a view, except while exporting, where it is a negative pad (a copy):
+    torch.export would guard on the view's contiguity (whether anything is cropped), which ties
+    the graph to the example's size; ONNX runs the pad as a crop."""
+    if torch.compiler.is_exporting():
+        return F.pad(x, (0, size[1] - x.shape[-1], 0, size[0] - x.shape[-2]))
+    return x[:, :, : size[0], : size[1]]
 
 
 class SegHead(DenseHead):

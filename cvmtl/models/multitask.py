@@ -17,13 +17,18 @@ from cvmtl.models.neck import FPN
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad ``image`` [B, C, H, W] bottom/right so H and W are multiples of ``multiple``."""
-    h, w = image.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph == 0 and pw == 0:
-        return image
+    """Zero-pad ``image`` [B, C, H, W] bottom/right so H and W are multiples of ``multiple``.
+
+    Size arithmetic only (no Python test of the sizes, no ``int()``), so tracing
+    (``torch.export`` / ONNX with dynamic H, W, ``torch.jit.trace``) keeps it generic. The padded
+    size is written as ``ceil(h / m) * m``: in that form a symbolic tracer can prove that the
+    pyramid levels line up. A zero pad is still a (cheap) copy.
+    """
+    h, w = image.shape[-2], image.shape[-1]
+    hp = (h + multiple - 1) // multiple * multiple
+    wp = (w + multiple - 1) // multiple * multiple
     # zero = the dataset mean after normalization
-    return F.pad(image, (0, pw, 0, ph))
+    return F.pad(image, (0, wp - w, 0, hp - h))
 
 
 class MultiTaskModel(nn.Module):
@@ -55,13 +60,12 @@ class MultiTaskModel(nn.Module):
     def forward_heads(
         self, features: torch.Tensor, size: tuple[int, int]
     ) -> dict[str, torch.Tensor]:
-        """``{task: prediction}`` at ``size`` (the original (H, W)) from shared ``features``."""
-        padded = (
-            features.shape[-2] * self.feature_stride,
-            features.shape[-1] * self.feature_stride,
-        )
-        size = (int(size[0]), int(size[1]))
-        return {task: head(features, padded, size) for task, head in self.heads.items()}
+        """``{task: prediction}`` at ``size`` (the original (H, W)) from shared ``features``.
+
+        ``size`` may hold traced sizes (``image.shape[-2:]``): it is only sliced with, never
+        turned into Python ints, so exported graphs crop to their input's size.
+        """
+        return {task: head(features, size) for task, head in self.heads.items()}
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_heads(self.forward_features(image), image.shape[-2:])

@@ -61,32 +61,47 @@ class FPN(nn.Module):
             conv_norm_act(channels, channels, 3, norm, False) for _ in strides
         )
         self.fuse = nn.ModuleList()
+        # 2x upsamplings per level: log2(stride / 4) for a padded input (what the export relies
+        # on: no size comparison in forward); other ratios end with an exact resize
+        self.ups: list[int] = []
         for s in strides:
             ups = max(int(round(math.log2(s / OUT_STRIDE))), 0)
             # one conv stage per 2x upsampling (at least one, as in Panoptic FPN)
             stages = [conv_norm_act(channels, channels, 3, norm) for _ in range(max(ups, 1))]
             self.fuse.append(nn.ModuleList(stages))
+            self.ups.append(ups if OUT_STRIDE * 2**ups == s else -1)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Levels -> the fused map at stride 4 (the finest level's size times its stride / 4).
+
+        Written for tracing with dynamic sizes: sizes are only multiplied and passed on, and
+        the upsampling steps come from the strides, not from comparing sizes. For an input
+        padded to the largest stride (as :class:`MultiTaskModel` pads it) every level then
+        lands on the target size; an unpadded one is resized to it (eager only: a traced graph
+        assumes padded inputs).
+        """
         lat = [conv(f) for conv, f in zip(self.lateral, feats)]
         # top-down: coarse semantics added into finer levels
         for i in range(len(lat) - 2, -1, -1):
             lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
         outs = [conv(x) for conv, x in zip(self.smooth, lat)]
-        target = _stride4_size(feats[0].shape[-2:], self.strides[0])
+        f = self.strides[0] // OUT_STRIDE
+        target = (feats[0].shape[-2] * f, feats[0].shape[-1] * f)
         fused = None
-        for x, stages in zip(outs, self.fuse):
-            for stage in stages:
+        for x, stages, ups in zip(outs, self.fuse, self.ups):
+            for i, stage in enumerate(stages):
                 x = stage(x)
-                if x.shape[-2] < target[0]:
+                if i < ups:
                     x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-            if x.shape[-2:] != target:  # non power-of-two stride ratio: resize exactly
+            if ups < 0 or (_eager() and x.shape[-2:] != target):
                 x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
             fused = x if fused is None else fused + x
         assert fused is not None
         return fused
 
 
-def _stride4_size(size: torch.Size, stride: int) -> tuple[int, int]:
-    f = stride // OUT_STRIDE
-    return (int(size[0]) * f, int(size[1]) * f)
+def _eager() -> bool:
+    """False while tracing / exporting (the size test would become a guard on the example)."""
+    return not (
+        torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    )

@@ -190,9 +190,8 @@ def _colorbar(fig: Any, mappable: Any, cax: Any, label: str, extend: str = "neit
 def _cmap(name: str):
     import matplotlib
 
-    cmap = matplotlib.colormaps[name].copy()
-    cmap.set_bad("black")  # invalid pixels (masked) black, as in colorize.py
-    return cmap
+    # invalid pixels (masked) black, as in colorize.py
+    return matplotlib.colormaps[name].with_extremes(bad="black")
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
