@@ -1,9 +1,8 @@
 """The ``cvmtl`` console command: ``cvmtl <command> [args ...]`` runs the same ``main(argv)`` as
 ``python tools/<command>.py [args ...]``.
 
-A command's code is found, in this order, in the package module ``cvmtl.commands.<name>`` (where
-the tools' logic is meant to live, so that a regular install has it) and in the ``tools/`` folder
-of the checkout the package was imported from (an editable install or a source tree).
+A command's code is the package module ``cvmtl.commands.<name>``, so a regular (non-editable)
+install has every command; ``tools/<name>.py`` in a checkout is a shim that imports it.
 """
 
 from __future__ import annotations
@@ -31,38 +30,23 @@ COMMANDS: dict[str, str] = {
     "prepare-nyuv2": "prepare_nyuv2",
 }
 COMMANDS_PACKAGE = "cvmtl.commands"
-TOOLS_DIR = Path(cvmtl.__file__).resolve().parents[1] / "tools"
 
 
 def locate(command: str) -> Path | None:
-    """The source file of ``command`` (a ``cvmtl.commands`` module or ``tools/<stem>.py``)."""
-    stem = COMMANDS[command]
+    """The source file of ``command``'s module, found without importing it."""
     try:
-        spec = importlib.util.find_spec(f"{COMMANDS_PACKAGE}.{stem}")
-    except ModuleNotFoundError:  # no cvmtl.commands package (yet)
+        spec = importlib.util.find_spec(f"{COMMANDS_PACKAGE}.{COMMANDS[command]}")
+    except ModuleNotFoundError:  # no commands package at all
         spec = None
-    if spec is not None and spec.origin:
-        return Path(spec.origin)
-    path = TOOLS_DIR / f"{stem}.py"
-    return path if path.is_file() else None
+    return Path(spec.origin) if spec is not None and spec.origin else None
 
 
 def load(command: str) -> ModuleType:
     """Import ``command``'s module (without running its ``__main__`` block)."""
-    path = locate(command)
-    if path is None:
-        raise LookupError(
-            f"command {command!r} is not available in this installation "
-            f"(no {COMMANDS_PACKAGE}.{COMMANDS[command]} and no {TOOLS_DIR / COMMANDS[command]}.py)"
-        )
-    if path.parent != TOOLS_DIR:  # found in the package
-        return importlib.import_module(f"{COMMANDS_PACKAGE}.{COMMANDS[command]}")
-    # a unique name: tools/eval.py must not shadow anything called ``eval`` in sys.modules
-    spec = importlib.util.spec_from_file_location(f"cvmtl_tools_{COMMANDS[command]}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    name = f"{COMMANDS_PACKAGE}.{COMMANDS[command]}"
+    if locate(command) is None:
+        raise LookupError(f"command {command!r} is not available in this installation (no {name})")
+    return importlib.import_module(name)
 
 
 def summary(command: str) -> str:

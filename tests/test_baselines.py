@@ -110,14 +110,9 @@ def test_train_baselines_then_delta_m_selection(tmp_path):
 
 
 def _train_tool():
-    import importlib.util
+    from cvmtl.commands import train
 
-    from enginekit import REPO
-
-    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return train
 
 
 def test_train_py_baselines_only(tmp_path):

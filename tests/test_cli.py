@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,23 +96,86 @@ def test_main_in_process(capsys, monkeypatch):
     assert capsys.readouterr().out.startswith("cvmtl ")
 
 
-def test_missing_tool_is_a_clear_error(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "COMMANDS_PACKAGE", "cvmtl._no_commands")
-    monkeypatch.setattr(cli, "TOOLS_DIR", tmp_path)  # a tree without tools/
+def _fake_commands(tmp_path: Path, monkeypatch, **files: str) -> None:
+    """Point the dispatcher at a package in tmp_path (a new name each test) holding ``files``."""
+    name = "fakecmds_" + re.sub(r"\W", "_", tmp_path.name)
+    package = tmp_path / name
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for stem, text in files.items():
+        (package / f"{stem}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMANDS_PACKAGE", name)
+
+
+def test_missing_command_is_a_clear_error(capsys, monkeypatch, tmp_path):
+    _fake_commands(tmp_path, monkeypatch)  # a package without affinity.py
+    assert cli.summary("affinity") == "(not available in this installation)"
     assert cli.main(["affinity", "--help"]) == 2
     assert "not available in this installation" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "COMMANDS_PACKAGE", "cvmtl._no_commands")  # no package at all
+    assert cli.main(["affinity", "--help"]) == 2
 
 
 def test_exit_status_and_argv_are_forwarded(capsys, monkeypatch, tmp_path):
-    tool = tmp_path / "affinity.py"
-    tool.write_text(
-        '"""A fake tool."""\nimport sys\n\n'
+    affinity = (
+        '"""A fake command."""\nimport sys\n\n'
         "def main(argv=None):\n    print(sys.argv[0], argv)\n    return 3\n"
     )
-    monkeypatch.setattr(cli, "COMMANDS_PACKAGE", "cvmtl._no_commands")
-    monkeypatch.setattr(cli, "TOOLS_DIR", tmp_path)
-    assert cli.summary("affinity") == "A fake tool."
+    _fake_commands(tmp_path, monkeypatch, affinity=affinity)
+    assert cli.summary("affinity") == "A fake command."
     saved = list(sys.argv)
     assert cli.main(["affinity", "--x", "1"]) == 3
     assert capsys.readouterr().out.strip() == "cvmtl affinity ['--x', '1']"  # usage lines
     assert sys.argv == saved  # restored
+
+
+def test_tool_shims_show_the_command_help(capsys):
+    """tools/<stem>.py imports ``main`` from cvmtl.commands.<stem>: one parser, one help text."""
+    for command, stem in cli.COMMANDS.items():
+        module = cli.load(command)
+        assert module.__name__ == f"cvmtl.commands.{stem}"
+        shim = (REPO / "tools" / f"{stem}.py").read_text()
+        assert f"from cvmtl.commands.{stem} import main" in shim
+        with pytest.raises(SystemExit) as stop:
+            module.main(["--help"])
+        assert stop.value.code == 0
+        text = capsys.readouterr().out
+        assert module.__doc__.strip().splitlines()[-1].strip() in text  # the whole docstring
+
+
+def test_regular_install_has_every_command(tmp_path):
+    """A non-editable install (no checkout on sys.path, no tools/) runs every command."""
+    # --no-build-isolation builds with this environment's setuptools (found, not imported here:
+    # importing it after distutils was loaded trips setuptools' distutils check)
+    missing = [m for m in ("pip", "setuptools") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"no {' / '.join(missing)} in this environment")
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "cvmtl", src / "cvmtl", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    pip += ["--no-index", "--disable-pip-version-check", "--target", str(site), str(src)]
+    done = subprocess.run(pip, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shutil.rmtree(src)  # nothing left to import but the installed copy
+    env = {**ENV, "PYTHONPATH": str(site)}
+    (tmp_path / "cwd").mkdir()
+
+    def cvmtl(*args: str) -> subprocess.CompletedProcess:
+        code = "import sys, cvmtl.cli; print(cvmtl.__file__); sys.exit(cvmtl.cli.main())"
+        cmd = [sys.executable, "-c", code, *args]
+        return subprocess.run(cmd, cwd=tmp_path / "cwd", env=env, capture_output=True, text=True)
+
+    out = cvmtl("--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(str(site / "cvmtl" / "__init__.py"))
+    for command in cli.COMMANDS:
+        assert f"  {command} " in out.stdout
+    assert "not available" not in out.stdout
+    out = cvmtl("make-synthetic", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "usage: cvmtl make-synthetic" in out.stdout and "--contact-sheet" in out.stdout
+    assert (site / "bin" / "cvmtl").is_file()  # the console script

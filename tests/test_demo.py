@@ -93,7 +93,7 @@ def test_dataset_stamp_mismatch(tmp_path):
 
 def test_compare_resumes_and_tables(tmp_path, monkeypatch):
     data = make_tiny_dataset(tmp_path / "data")
-    over = tiny(tmp_path, data, data__num_classes=4, tasks="[seg, depth]")
+    over = tiny(tmp_path, data, data__num_classes=4, tasks="[seg, depth]", loss__balancer_args="{}")
     out = tmp_path / "cmp"
     results = compare(CONFIG, over, variants=["fixed", "uw"], seeds=[0], out=out)
     assert set(results["runs"]) == {"fixed/seed0", "uw/seed0"}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import re
 
 import pytest
 import torch
-from enginekit import REPO, one_thread  # noqa: F401  (autouse fixture)
+from enginekit import one_thread  # noqa: F401  (autouse fixture)
 from evalkit import config, make_data
 
 from cvmtl.engine.trainer import fit
@@ -17,10 +17,7 @@ DESIGN_KEYS = {"split", "checkpoint", "metrics"}
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("eval_tool", REPO / "tools" / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("cvmtl.commands.eval")
 
 
 @pytest.fixture(scope="module")

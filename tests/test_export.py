@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from _ckpt import make_checkpoint
 
 from cvmtl.export import export_checkpoint, load_exported
 
-REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-4
 
 
@@ -41,9 +39,8 @@ def test_torch_export_parity(ckpt, tmp_path) -> None:
 @pytest.mark.slow
 def test_onnx_cli_dynamic_parity(ckpt, tmp_path, capsys) -> None:
     pytest.importorskip("onnxruntime")
-    spec = importlib.util.spec_from_file_location("tool_export", REPO / "tools/export.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from cvmtl.commands import export as tool
+
     out = tmp_path / "m.onnx"
     argv = ["--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]
     assert tool.main([*argv, "--height", "64", "--width", "96", "--atol", str(ATOL)]) == 0

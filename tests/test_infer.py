@@ -3,7 +3,7 @@ files decode to what the Predictor returns."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 import cv2
@@ -15,14 +15,9 @@ from PIL import Image
 from cvmtl import Predictor
 from cvmtl.inference import collect_inputs, output_stems
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"cvmtl.commands.{name}")
 
 
 # name -> (H, W) of the output (the EXIF-rotated JPEG is stored 30x60, shown 60x30)

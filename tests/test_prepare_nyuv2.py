@@ -1,7 +1,6 @@
 """NYUv2 facts against the real .mat files, and the official .mat conversion on a tiny HDF5 file
 written with MATLAB's reversed axes (proves that no transpose or flip slipped in)."""
 
-import runpy
 from pathlib import Path
 
 import h5py
@@ -13,7 +12,6 @@ from cvmtl.data import nyuv2
 from cvmtl.data.formats import list_ids, load_dataset_info, load_sample
 from cvmtl.data.io import DataError
 
-REPO = Path(__file__).resolve().parents[1]
 N, H, W = 5, 6, 8  # frames 1..5: splits.mat puts 1, 2 in test and 3, 4, 5 in train
 
 
@@ -51,7 +49,8 @@ def test_convert_official(shared_nyuv2, tmp_path):
     images, depths, labels = _frames()
     _write_mat(tmp_path / "nyu.mat", images, depths, labels)
     out = tmp_path / "out"
-    main = runpy.run_path(str(REPO / "tools" / "prepare_nyuv2.py"))["main"]
+    from cvmtl.commands.prepare_nyuv2 import main
+
     argv = ["--mat",
            str(tmp_path / "nyu.mat"), "--splits", str(shared_nyuv2 / "splits.mat"), "--mapping",
            str(shared_nyuv2 / "classMapping40.mat"), "--classes", "13", "--out", str(out),

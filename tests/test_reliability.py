@@ -15,7 +15,7 @@ runs in-process, which avoids ~10 s of imports per run on a loaded 2-core CI mac
 from __future__ import annotations
 
 import errno
-import importlib.util
+import importlib
 import shutil
 import signal
 import subprocess
@@ -53,12 +53,8 @@ def tiny_data(tmp_path_factory):
 
 
 def _tool(name: str):
-    """tools/<name>.py's ``main`` (loaded under a unique name, as ``cvmtl <command>`` does)."""
-    path = REPO / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"reliability_tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    """The ``main`` of ``cvmtl <name>`` / ``tools/<name>.py``."""
+    return importlib.import_module(f"cvmtl.commands.{name}").main
 
 
 def _last_line(text: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import subprocess
 import time
@@ -30,10 +29,9 @@ def tiny_data(tmp_path_factory):
 
 
 def _train_main():
-    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    from cvmtl.commands.train import main
+
+    return main
 
 
 def _max_diff(a: dict, b: dict) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,8 +182,7 @@ def test_colour_only_baseline(tmp_path):
 
 
 def test_cli(tmp_path, monkeypatch):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import make_synthetic
+    from cvmtl.commands import make_synthetic
 
     out = tmp_path / "d"
     make_synthetic.main(

@@ -1,24 +1,19 @@
-"""tools/visualize.py: panels + contact sheet for a tiny checkpoint, curves from metrics.jsonl."""
+"""cvmtl visualize: panels + contact sheet for a tiny checkpoint, curves from metrics.jsonl."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import cv2
 from _ckpt import make_checkpoint, tiny_config
 
 from cvmtl.data.synthetic import generate_dataset
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _visualize():
-    spec = importlib.util.spec_from_file_location("tool_visualize", REPO / "tools/visualize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from cvmtl.commands import visualize
+
+    return visualize
 
 
 def test_panels_and_contact_sheet(tmp_path) -> None:

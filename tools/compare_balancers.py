@@ -1,7 +1,7 @@
 """Compare balancers and hard vs soft sharing over seeds; resumable; writes a markdown table.
 
     python tools/compare_balancers.py --config configs/synthetic_demo.yaml --out runs/compare \
-        [--seeds 0 1 2] [--variants fixed uw dwa famo mgda pcgrad cagrad nash_mtl soft] \
+        [--seeds 0,1,2] [--variants fixed,uw,dwa,famo,mgda,pcgrad,cagrad,nash_mtl,soft] \
         [--table-only] [key=value ...]
 
 Each finished run is recorded in <out>/results.json (a rerun skips it; an interrupted one resumes
@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="configs/synthetic_demo.yaml")
     p.add_argument("--out", default="runs/compare", help="output folder (results.json, table.md)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    # comma lists: a space-separated nargs="+" would swallow the key=value overrides after it
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants")
     p.add_argument("--table-only", action="store_true", help="print the table of results.json")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     a = p.parse_args(argv)
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.table_only:
             results = load_results(out)
         else:
-            results = compare(a.config, a.overrides, variants=a.variants, seeds=a.seeds, out=out)
+            seeds = [int(v) for v in a.seeds.split(",") if v.strip()]
+            variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+            results = compare(a.config, a.overrides, variants=variants, seeds=seeds, out=out)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted ({stop}); rerun the same command to continue", file=sys.stderr)
         return 130
     table = results_table(results)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")
     print(table)
     return 0

@@ -1,92 +1,14 @@
 """Prediction panels and a contact sheet for samples of a split, or a run's training curves.
 
-    python tools/visualize.py --checkpoint runs/<name>/best.pt [--split val] [--num 8] [--out DIR]
-    python tools/visualize.py --run runs/<name>          # training curves from metrics.jsonl
-
-Panels (one PNG per sample: image | ground truth, prediction, error per task, class legend,
-depth colorbar) and {split}_contact_sheet.png go to runs/<name>/vis/ by default (the folder of
-the checkpoint); curves to runs/<name>/vis/curves.png.
+The code is in cvmtl/commands/visualize.py; this file runs it from a checkout.
 """
 
-from __future__ import annotations
-
-import argparse
-import math
-import os
-import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from cvmtl.config import ConfigError  # noqa: E402
-
-ROLES = ("train", "val", "test")
-
-
-def curves(run: Path, out: Path | None) -> int:
-    from cvmtl.vis.curves import plot_curves, read_metrics
-
-    records = read_metrics(run)
-    path = plot_curves(records, out or run / "vis" / "curves.png", title=run.resolve().name)
-    print(f"curves: {len(records)} records -> {path}")
-    return 0
-
-
-def panels(args: argparse.Namespace) -> int:
-    from cvmtl.data.loader import build_loaders
-    from cvmtl.engine.evaluator import evaluate
-    from cvmtl.predictor import class_info, load_model, resolve_device
-    from cvmtl.vis.panels import contact_sheet, sample_panel, save_figure
-
-    device = resolve_device(args.device)
-    model, cfg = load_model(args.checkpoint, args.overrides, device)
-    role = args.split if args.split in ROLES else "test"
-    if role != args.split:  # any other split name of the dataset: read it as the test role
-        cfg.data.test_split = args.split
-    loader = build_loaders(cfg, splits=[role])[role]
-    samples: list[dict] = []
-    evaluate(
-        model, loader, cfg.tasks, cfg, device=device, amp=args.amp, progress=False,
-        max_batches=math.ceil(args.num / loader.batch_size), collect=args.num, samples=samples,
-    )  # fmt: skip
-    ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "vis"
-    classes, palette = class_info(cfg)
-    mean, std = cfg.data.mean, cfg.data.std
-    for i, s in enumerate(samples):
-        sid = str((s.get("meta") or {}).get("id", i))
-        fig = sample_panel(s, classes, palette, mean, std, title=f"{args.split} / {sid}")
-        safe = re.sub(r"[^\w.-]", "_", sid)
-        save_figure(fig, out / f"{args.split}_{i:03d}_{safe}.png")
-    sheet = contact_sheet(samples, out / f"{args.split}_contact_sheet.png", palette, mean, std)
-    print(f"visualize: {len(samples)} panels + {sheet.name} -> {out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="cvmtl checkpoint (or a run folder: its last.pt)")
-    src.add_argument("--run", help="run folder: plot its training curves (metrics.jsonl)")
-    parser.add_argument("--split", default="val", help="split to draw samples from (default val)")
-    parser.add_argument("--num", type=int, default=8, help="number of samples (default 8)")
-    parser.add_argument("--out", help="output folder (--run: output PNG file)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    args = parser.parse_args(argv)
-    if args.num < 1:
-        parser.error("--num must be >= 1")
-    try:
-        if args.run:
-            return curves(Path(args.run), Path(args.out) if args.out else None)
-        return panels(args)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
+from cvmtl.commands.visualize import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
