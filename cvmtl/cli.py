@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "affinity": "affinity",
     "make-synthetic": "make_synthetic",
     "prepare-nyuv2": "prepare_nyuv2",
+    "demo": "demo",
+    "compare-balancers": "compare_balancers",
 }
 COMMANDS_PACKAGE = "cvmtl.commands"
 

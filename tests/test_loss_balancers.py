@@ -45,6 +45,9 @@ def test_fixed_weights():
     assert float(total.detach()) == pytest.approx(4.0) and b.weights["depth"] == 0.0
     with pytest.raises(ValueError, match="unknown tasks"):
         build_balancer("fixed", TASKS, weights={"edges": 1.0})
+    # a known task this run does not train: its weight is unused (one config, any task subset)
+    b = build_balancer("fixed", ["seg"], weights={"normal": 3.0})
+    assert float(b({"seg": torch.tensor(2.0)}).detach()) == pytest.approx(2.0)
 
 
 def test_uw_value_and_analytic_gradient():

@@ -1,58 +1,14 @@
 """The end-to-end demo (``make demo``): synthetic data, baselines + multi-task training, test
-evaluation with delta_m, visualizations and a summary table.
 
-    python tools/demo.py --config configs/synthetic_demo.yaml [--train 600 --val 100 --test 100]
-                         [--seed 0] [--threads N] [--fresh] [key=value ...]
-
-Everything lands in runs/<name>/ (report/, vis/, baselines/); a rerun reuses finished stages.
+The code is in cvmtl/commands/demo.py; this file runs it from a checkout.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from cvmtl.config import ConfigError  # noqa: E402
-from cvmtl.demo import DemoOptions, run_demo  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    d = DemoOptions()
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="configs/synthetic_demo.yaml")
-    for split, n in d.counts.items():
-        p.add_argument(f"--{split}", type=int, default=n, help=f"{split} scenes (default {n})")
-    p.add_argument("--seed", type=int, default=d.seed, help="dataset seed")
-    p.add_argument("--workers", type=int, default=d.workers, help="rendering processes")
-    p.add_argument("--num-vis", type=int, default=d.num_vis, help="test panels to draw")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = all)")
-    p.add_argument("--fresh", action="store_true", help="retrain everything")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    a = p.parse_args(argv)
-    opts = DemoOptions(
-        counts={"train": a.train, "val": a.val, "test": a.test},
-        seed=a.seed,
-        workers=a.workers,
-        num_vis=a.num_vis,
-        threads=a.threads,
-        fresh=a.fresh,
-    )
-    try:
-        run_demo(a.config, a.overrides, opts)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        print(f"demo interrupted: {stop}; rerun to continue", file=sys.stderr)
-        return 130
-    return 0
-
+from cvmtl.commands.demo import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvmtl.balancers.base import LossBalancer
+from cvmtl.tasks import TASKS
 
 
 def _stack(
@@ -42,9 +43,11 @@ class Fixed(LossBalancer):
     def __init__(self, tasks: Sequence[str], weights: dict[str, float] | None = None) -> None:
         super().__init__(tasks)
         weights = dict(weights or {})
-        unknown = set(weights) - set(self.tasks)
+        unknown = set(weights) - set(TASKS)
         if unknown:
-            raise ValueError(f"fixed: weights for unknown tasks {sorted(unknown)} ({self.tasks})")
+            raise ValueError(f"fixed: weights for unknown tasks {sorted(unknown)} ({list(TASKS)})")
+        # Weights of known tasks that this run does not train (e.g. `tasks=[seg]` over a config
+        # that weighs normals) are simply unused, so one config serves every task subset.
         w = [float(weights.get(t, 1.0)) for t in self.tasks]
         self.register_buffer("task_weights", torch.tensor(w), persistent=False)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 
 from cvmtl.config import Config, from_dict, parse_override
+
+log = logging.getLogger(__name__)
 
 ROLES = ("train", "val", "test")
 
@@ -124,7 +127,10 @@ def run_eval(
         "metrics": nan_to_none(results),
     }
     if base is not None:
-        metrics["delta_m"] = delta_m(results, base, cfg.tasks)
+        try:
+            metrics["delta_m"] = delta_m(results, base, cfg.tasks)
+        except ValueError as err:  # e.g. a baseline metric of 0: relative change undefined
+            log.warning("no delta_m in %s: %s", base_path, err)
     out_dir = Path(out) if out else default_out(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
