@@ -8,7 +8,6 @@ The floors say whether a model learned anything: a per-pixel colour classifier f
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -65,30 +64,12 @@ def write_visuals(cfg: Config, num: int = 8) -> Path:
     The same figures as ``tools/visualize.py --checkpoint best.pt --split test`` and
     ``--run``, drawn with a progress bar.
     """
-    from tqdm import tqdm
-
-    from cvmtl.data.loader import build_loaders
-    from cvmtl.engine.evaluator import evaluate
-    from cvmtl.predictor import class_info, load_model
     from cvmtl.vis.curves import plot_curves, read_metrics
-    from cvmtl.vis.panels import contact_sheet, sample_panel, save_figure
+    from cvmtl.vis.visualize import write_panels
 
-    out = cfg.run_dir / "vis"
-    model, mcfg = load_model(cfg.run_dir / "best.pt", device="cpu")
-    loader = build_loaders(mcfg, splits=["test"])["test"]
-    samples: list[dict] = []
-    evaluate(
-        model, loader, mcfg.tasks, mcfg, device="cpu", amp="none", progress=False,
-        max_batches=math.ceil(num / loader.batch_size), collect=num, samples=samples,
-    )  # fmt: skip
-    classes, palette = class_info(mcfg)
-    mean, std = mcfg.data.mean, mcfg.data.std
-    for i, s in enumerate(tqdm(samples, desc="panels", unit="img")):
-        sid = str((s.get("meta") or {}).get("id", i))
-        fig = sample_panel(s, classes, palette, mean, std, title=f"test / {sid}")
-        safe = re.sub(r"[^\w.-]", "_", sid)
-        save_figure(fig, out / f"test_{i:03d}_{safe}.png")
-    contact_sheet(samples, out / "test_contact_sheet.png", palette, mean, std)
+    out, _ = write_panels(
+        cfg.run_dir / "best.pt", "test", num, cfg.run_dir / "vis", device="cpu", progress=True
+    )
     plot_curves(read_metrics(cfg.run_dir), out / "curves.png", title=cfg.name)
     return out
 

@@ -11,9 +11,7 @@ the checkpoint); curves to runs/<name>/vis/curves.png.
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -27,8 +25,6 @@ from cvmtl.commands._common import (
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-ROLES = ("train", "val", "test")
-
 
 def curves(run: Path, out: Path | None) -> int:
     from cvmtl.vis.curves import plot_curves, read_metrics
@@ -40,33 +36,13 @@ def curves(run: Path, out: Path | None) -> int:
 
 
 def panels(args: argparse.Namespace) -> int:
-    from cvmtl.data.loader import build_loaders
-    from cvmtl.engine.evaluator import evaluate
-    from cvmtl.predictor import class_info, load_model, resolve_device
-    from cvmtl.vis.panels import contact_sheet, sample_panel, save_figure
+    from cvmtl.vis.visualize import write_panels
 
-    device = resolve_device(args.device)
-    model, cfg = load_model(args.checkpoint, args.overrides, device)
-    role = args.split if args.split in ROLES else "test"
-    if role != args.split:  # any other split name of the dataset: read it as the test role
-        cfg.data.test_split = args.split
-    loader = build_loaders(cfg, splits=[role])[role]
-    samples: list[dict] = []
-    evaluate(
-        model, loader, cfg.tasks, cfg, device=device, amp=args.amp, progress=False,
-        max_batches=math.ceil(args.num / loader.batch_size), collect=args.num, samples=samples,
+    out, n = write_panels(
+        args.checkpoint, args.split, args.num, args.out,
+        device=args.device, amp=args.amp, overrides=args.overrides,
     )  # fmt: skip
-    ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "vis"
-    classes, palette = class_info(cfg)
-    mean, std = cfg.data.mean, cfg.data.std
-    for i, s in enumerate(samples):
-        sid = str((s.get("meta") or {}).get("id", i))
-        fig = sample_panel(s, classes, palette, mean, std, title=f"{args.split} / {sid}")
-        safe = re.sub(r"[^\w.-]", "_", sid)
-        save_figure(fig, out / f"{args.split}_{i:03d}_{safe}.png")
-    sheet = contact_sheet(samples, out / f"{args.split}_contact_sheet.png", palette, mean, std)
-    print(f"visualize: {len(samples)} panels + {sheet.name} -> {out}")
+    print(f"visualize: {n} panels + {args.split}_contact_sheet.png -> {out}")
     return 0
 
 
