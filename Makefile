@@ -17,8 +17,8 @@ $(VENV)/.installed: setup.py pyproject.toml
 venv: $(VENV)/.installed
 
 test: venv
-	$(PY) -m ruff check cvmtl tools tests
-	$(PY) -m ruff format --check cvmtl tools tests
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -m "not slow and not gpu" -q
 
 test-all: venv
@@ -28,12 +28,12 @@ demo: venv
 	$(PY) tools/demo.py --config configs/synthetic_demo.yaml
 
 lint: venv
-	$(PY) -m ruff check cvmtl tools tests
-	$(PY) -m ruff format --check cvmtl tools tests
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 format: venv
-	$(PY) -m ruff format cvmtl tools tests
-	$(PY) -m ruff check --fix cvmtl tools tests
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

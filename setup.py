@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 EXPORT = ["onnx>=1.16", "onnxscript", "onnxruntime>=1.18"]
@@ -6,7 +8,7 @@ setup(
     name="cvmtl",
     version="0.1.0",
     description="Multi-task dense prediction (segmentation, depth, normals) on timm backbones",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["cvmtl", "cvmtl.*"]),
     python_requires=">=3.10",

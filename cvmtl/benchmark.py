@@ -1,7 +1,7 @@
 """Speed / memory / FLOPs benchmark of a config's model on random data (no dataset needed).
 
 One run measures, side by side: the training step (the engine's ``train_step`` by default, or
-any ``step(model, batch, optimizer)``), its phases (an instrumented copy, see
+any ``step(model, batch, optimizer)``), its phases (train_step timed through its ``mark`` hook, see
 :mod:`cvmtl.bench.phases`; ``data`` from a real loader with ``data=True``), evaluation images/s
 and the metrics' share, this machine's peak matmul rate (-> ``mfu``), and optionally the plain
 fp32 / NCHW / eager loop of the same model (-> ``speedup_vs_eager_fp32``). Sweeps and the loader
@@ -167,7 +167,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Benchmark ``cfg``'s model; DESIGN's benchmark JSON (plus more keys) as a dict.
 
-    ``train_step``: default the engine's (then ``phases`` times its instrumented copy).
+    ``train_step``: default the engine's (then ``phases`` times it through its ``mark`` hook).
     ``data``: the ``data`` phase from a real loader (a generated synthetic dataset when
     ``data.root`` holds none). ``peak_size``: side of the matmul that measures the peak
     FLOP/s for ``mfu`` (None: no mfu).
@@ -235,7 +235,7 @@ def run_benchmark(
 
 
 def _phases(step, model, optimizer, cfg, dev, iters, data, train_med) -> dict[str, Any]:
-    """Median seconds per phase over ``iters`` instrumented steps (after one warm-up)."""
+    """Median seconds per phase over ``iters`` timed steps (after one warm-up)."""
     batches = None
     if data:
         from cvmtl.bench.data import data_config, endless, train_loader

@@ -82,7 +82,8 @@ def test_flops_scale_with_pixels() -> None:
 
 @pytest.mark.parametrize("extra", [[], ["loss.balancer=mgda"], ["loss.grad_source=params"]])
 def test_phased_step_makes_the_same_update_as_train_step(extra: list[str]) -> None:
-    """The instrumented copy must time what train_step does, nothing else."""
+    """Timing through the ``mark`` hook must not change train_step's update, and every phase
+    that runs must be timed."""
     from cvmtl.bench.phases import phased_train_step
     from cvmtl.benchmark import EngineStep, prepare
 
@@ -97,6 +98,7 @@ def test_phased_step_makes_the_same_update_as_train_step(extra: list[str]) -> No
     step_a(a, batch, opt_a)
     times = phased_train_step(b, batch, step_b.balancer, opt_b, step_b.scaler, cfg)
     assert set(times) == PHASES - {"data"}
+    assert all(v > 0 for v in times.values()), times  # a missing mark leaves its phase at 0
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
 

@@ -1,6 +1,6 @@
 """Benchmark pieces behind :mod:`cvmtl.benchmark` and ``tools/benchmark.py``.
 
-``timing`` (clocks, interleaved timing, RSS sampling, peak matmul rate), ``phases`` (an
-instrumented copy of the training step), ``evalbench`` (evaluation throughput and the metric
+``timing`` (clocks, interleaved timing, RSS sampling, peak matmul rate), ``phases`` (the
+training step timed phase by phase), ``evalbench`` (evaluation throughput and the metric
 share), ``data`` (the real loader and its synthetic fallback), ``sweep`` (grids -> tables).
 """

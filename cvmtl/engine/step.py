@@ -14,6 +14,7 @@ before combining (gradient level); otherwise (a micro-batch of an accumulation, 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -51,6 +52,7 @@ def train_step(
     cfg,
     *,
     step: bool = True,
+    mark: Callable[[str], None] | None = None,
 ) -> dict:
     """Forward, losses, balancing and backward for one (micro-)batch; with ``step`` also the
     optimizer step (all-reduce, unscale, finiteness check, clipping, step, zero_grad, hooks).
@@ -61,7 +63,12 @@ def train_step(
     tasks 0), ``grad_norm`` (tensor or None: the pre-clip global norm, after a step),
     ``skipped`` (bool: no update from this batch) and ``reason`` (str or None, naming the task
     when a loss or a per-task gradient is not finite, or the fp16 overflow).
+
+    ``mark(phase)``, when given, is called as each phase ends (``forward``, ``losses``,
+    ``balancer``, ``backward``, ``optimizer``; see :mod:`cvmtl.bench.phases`), so the benchmark
+    times this very function rather than a copy of it.
     """
+    mark = mark or _no_mark
     device = next(model.parameters()).device
     image = batch["image"].to(device, non_blocking=True)
     if cfg.train.channels_last and image.dim() == 4:
@@ -82,6 +89,7 @@ def train_step(
     else:
         with autocast:
             preds = model(image)
+    mark("forward")
     losses = compute_losses(preds, batch, cfg)
     out = {"losses": {t: v.detach() for t, v in losses.items()}, "grad_norm": None}
     out.update(skipped=False, reason=None)
@@ -99,14 +107,17 @@ def train_step(
         if bad:
             return _skip(out, f"non-finite loss: {bad}", optimizer, step, len(tasks), device)
         loss_ok = None
+    mark("losses")
 
     reduced: set[int] = set()  # parameters whose .grad is already global
     task_losses = None
     if not gradient:
         total = balancer(losses)
         reg = model.regularization()
+        mark("balancer")
         # R(theta) is identical on every rank; the SUM all-reduce would count it world times.
         ((total + reg / get_world_size()) * mult).backward()
+        mark("backward")
         out["total"] = (total + reg).detach()
         out["weights"] = balancer.last_weights
     else:
@@ -134,10 +145,13 @@ def train_step(
             mach.poison_grads(model.parameters())  # the step below is skipped as for overflow
         elif features:
             combined = mach.combine_features(balancer, grads, gram, task_losses, active)
+            mark("balancer")
             z.backward((combined * mult).view_as(z).to(z.dtype))
         else:
             combined, _ = balancer.combine(grads, task_losses, active)
             mach.write_shared_grad(shared, combined * mult)
+            mark("balancer")  # in params mode the per-task backward passes are the balancer's
+        mark("backward")
         # a skipped combination reports zero weights, not the previous step's
         weights = torch.zeros(len(tasks), device=device) if bad_rows else balancer.last_weights
         out["weights"] = weights
@@ -147,6 +161,7 @@ def train_step(
         return out
 
     found_inf, losses_ok = _optimizer_step(model, optimizer, scaler, cfg, reduced, out, loss_ok)
+    mark("optimizer")
     bad = _bad(names, losses_ok)
     if bad:  # the deferred loss test failed: nothing was applied
         return _skip(out, f"non-finite loss: {bad}", optimizer, False, len(tasks), device)
@@ -157,7 +172,12 @@ def train_step(
         )
         return out
     _after_step(model, image, batch, balancer, cfg, autocast, losses, task_losses)
+    mark("balancer")  # the after-step hooks belong to the balancer
     return out
+
+
+def _no_mark(phase: str) -> None:
+    """The default phase hook: training does not time its phases."""
 
 
 def _optimizer_step(
