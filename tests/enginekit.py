@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -92,6 +93,17 @@ def subprocess_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def torchrun_train(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``tools/train.py`` under ``torchrun --nproc_per_node nproc`` on the loopback (gloo)."""
+    cmd = [
+        PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        str(REPO / "tools" / "train.py"), *args,
+    ]  # fmt: skip
+    env = dict(subprocess_env(), GLOO_SOCKET_IFNAME="lo")
+    return subprocess.run(cmd, cwd=cwd, env=env, timeout=300, capture_output=True)
 
 
 @pytest.fixture(autouse=True)

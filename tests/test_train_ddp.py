@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 from enginekit import (
-    PYTHON,
-    REPO,
-    free_port,
     make_tiny_dataset,
     one_thread,  # noqa: F401  (autouse fixture)
     read_jsonl,
-    subprocess_env,
     tiny_config,
     tiny_overrides,
+    torchrun_train,
 )
 
 import cvmtl.data.loader as data_loader
@@ -39,13 +34,7 @@ def test_torchrun_two_processes_equal_one(tiny_data, tmp_path, monkeypatch):
         train__optimizer="sgd", train__lr=0.05, train__max_steps=2, train__warmup_steps=1,
     )  # fmt: skip
     args = tiny_overrides(tiny_data, tmp_path / "ddp", train__batch_size=2, **common)
-    cmd = [
-        PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(REPO / "tools" / "train.py"), *args,
-    ]  # fmt: skip
-    env = dict(subprocess_env(), GLOO_SOCKET_IFNAME="lo")
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, timeout=300, capture_output=True)
+    done = torchrun_train(args, tmp_path)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["tiny"]  # one run folder
     run = tmp_path / "ddp" / "tiny"
@@ -86,12 +75,6 @@ def test_syncbn_without_ddp_trains_as_bn(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_torchrun_syncbn_on_cpu_is_refused(tiny_data, tmp_path):
     args = tiny_overrides(tiny_data, tmp_path / "runs", model__norm="syncbn", train__max_steps=1)
-    cmd = [
-        PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(REPO / "tools" / "train.py"), *args,
-    ]  # fmt: skip
-    env = dict(subprocess_env(), GLOO_SOCKET_IFNAME="lo")
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, timeout=300, capture_output=True)
+    done = torchrun_train(args, tmp_path)
     assert done.returncode != 0
     assert "model.norm=syncbn needs CUDA" in done.stderr.decode()
