@@ -120,12 +120,39 @@ def test_table_mean_and_std():
     results = {
         "baselines": {"0": {"seg": {"miou": 9.0}}},
         "runs": {
-            "uw/seed0": {**run, "variant": "uw"},
-            "uw/seed1": {**run, "variant": "uw", "test": {"seg": {"miou": 12.0}}},
+            "uw/seed0": {**run, "variant": "uw", "seed": 0},
+            "uw/seed1": {**run, "variant": "uw", "seed": 1, "test": {"seg": {"miou": 12.0}}},
         },
     }
     row = results_table(results).splitlines()[-1]
     assert "| uw | 2 | 11.00 ± 1.41 |" in row and "1.00 ± 0.00" in row
+    assert row.endswith("| - | 1.0 |")  # no fixed run: no paired difference
+
+
+def test_table_pairs_delta_m_with_fixed_by_seed():
+    """Δm − fixed subtracts the same seed's fixed run: (4-1, 0-(-2)) -> 3 and 2."""
+
+    def run(variant, seed, dm):
+        return {
+            "variant": variant,
+            "seed": seed,
+            "test": {},
+            "delta_m": {"overall": dm},
+            "seconds": 60,
+        }
+
+    results = {
+        "runs": {
+            "fixed/seed0": run("fixed", 0, 1.0),
+            "fixed/seed1": run("fixed", 1, -2.0),
+            "mgda/seed0": run("mgda", 0, 4.0),
+            "mgda/seed1": run("mgda", 1, 0.0),
+        }
+    }
+    fixed, mgda = results_table(results).splitlines()[2:]
+    cols = [c.strip() for c in mgda.split("|")]
+    assert cols[-4:-1] == ["2.00 ± 2.83", "2.50 ± 0.71", "1.0"]
+    assert [c.strip() for c in fixed.split("|")][-3] == "0"
 
 
 @pytest.mark.parametrize("bad", [["nope"]])
