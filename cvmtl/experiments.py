@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,7 @@ def results_table(results: dict[str, Any]) -> str:
     ``Δm − fixed``: mean ± std of each seed's delta_m minus the hard ``fixed`` run's delta_m on
     the same seed. Both share that seed's baselines, so their noise cancels: the paired
     difference ranks the methods when the seed-to-seed spread of delta_m itself is large.
+    ``min/run``: the median minutes of the runs that were not resumed.
     """
     digits = {"abs_err": 3, "rel_err": 3}
     head = ["method", "seeds"] + [f"{t} {m} {'↑' if h else '↓'}" for t, m, h in COLUMNS]
@@ -221,8 +223,10 @@ def results_table(results: dict[str, Any]) -> str:
             if r["delta_m"] and r.get("seed") in fixed_dm
         ]
         vs_fixed = "0" if name == "fixed" else _cell(paired, 2)
-        minutes = sum(r["seconds"] for r in runs) / len(runs) / 60
+        # a resumed run timed only its remainder; the median shrugs off one run on a busy machine
+        whole = [r["seconds"] / 60 for r in runs if not r.get("resumed")]
+        minutes = f"{statistics.median(whole):.1f}" if whole else "-"
         label = "fixed (hard)" if name == "fixed" else "fixed (soft)" if name == "soft" else name
-        row = [label, str(len(runs)), *cells, dm, vs_fixed, f"{minutes:.1f}"]
+        row = [label, str(len(runs)), *cells, dm, vs_fixed, minutes]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
