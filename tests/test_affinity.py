@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from evalkit import make_data, overrides
 from torch import nn
 
 from cvmtl.affinity import (
@@ -149,31 +150,16 @@ def tiny(tmp_path_factory):
     """resnet18 + 32-channel FPN on a 4-image 64x64 synthetic dataset, batches of 2."""
     from cvmtl.config import load_config
     from cvmtl.data.loader import build_loaders
-    from cvmtl.data.synthetic import generate_dataset
     from cvmtl.models.build import build_model
 
     root = tmp_path_factory.mktemp("affinity") / "data"
-    generate_dataset(root, {"train": 4}, (64, 64), seed=0, workers=1, progress=False)
-    cfg = load_config(REPO / "configs" / "synthetic_demo.yaml", tiny_overrides(root))
+    make_data(root, train=4, val=1, test=1)
+    over = overrides(root, root.parent / "runs", train__batch_size=2)
+    cfg = load_config(REPO / "configs" / "synthetic_demo.yaml", over)
     torch.manual_seed(0)
     model = build_model(cfg)
     batches = list(itertools.islice(build_loaders(cfg, splits=["train"])["train"], 2))
     return cfg, model, batches
-
-
-def tiny_overrides(root) -> list[str]:
-    return [
-        f"data.root={root}",
-        "data.crop=[64,64]",
-        "data.num_workers=0",
-        "model.backbone=resnet18",
-        "model.pretrained=false",
-        "model.neck_channels=32",
-        "train.batch_size=2",
-        "train.device=cpu",
-        "train.amp=none",
-        "train.channels_last=false",
-    ]
 
 
 def test_tiny_model_shapes_diagonal_and_nothing_changed(tiny, tmp_path):

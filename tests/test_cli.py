@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from evalkit import make_data
+from evalkit import overrides as evalkit_overrides
 
 from cvmtl import cli
 
@@ -57,27 +59,14 @@ def test_unknown_command_is_one_line_and_exit_2(tmp_path):
 
 @needs_script
 def test_affinity_on_a_tiny_config(tmp_path):
-    from cvmtl.data.synthetic import generate_dataset
-
-    root = tmp_path / "data"
-    generate_dataset(root, {"train": 4}, (64, 64), seed=0, workers=1, progress=False)
-    overrides = [
-        f"data.root={root}",
-        "data.crop=[64,64]",
-        "data.num_workers=0",
-        "model.backbone=resnet18",
-        "model.pretrained=false",
-        "model.neck_channels=32",
-        "train.batch_size=2",
-        "train.device=cpu",
-        "train.amp=none",
-    ]
+    root = make_data(tmp_path / "data", train=4, val=1, test=1)
+    overrides = evalkit_overrides(root, tmp_path / "runs", train__batch_size=2)
     config = str(REPO / "configs" / "synthetic_demo.yaml")
     out = run(
         "affinity", "--config", config, "--batches", "2", *overrides, cwd=tmp_path, timeout=300
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    folder = tmp_path / "runs" / "synthetic_demo" / "affinity"  # the default --out
+    folder = tmp_path / "runs" / "mtl" / "affinity"  # the default --out: out_dir/name/affinity
     for name in ("affinity.json", "affinity.md", "affinity.png"):
         assert (folder / name).is_file()
     data = json.loads((folder / "affinity.json").read_text())
