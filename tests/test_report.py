@@ -108,6 +108,10 @@ def test_report_tables_and_self_contained_html(tmp_path):
     assert "| miou | higher | 41.50 | 40.00 | +3.75 |" in md
     assert "| abs_err | lower | 0.4100 | 0.4500 | +8.89 |" in md
     assert "Published" not in md  # synthetic data: no NYUv2 reference numbers
+    # what produced the predictions: the default config's model, balancer and budget
+    model = "- model: resnet18 + FPN 128, hard sharing; balancer fixed; 10 epochs of batch 8"
+    assert model in md, md[:600]
+    assert "model: resnet18 + FPN 128, hard sharing" in paths["html"].read_text()
     html = paths["html"].read_text()
     srcs = re.findall(r'src="([^"]*)"', html)
     assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)

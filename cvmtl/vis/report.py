@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cvmtl.balancers import BALANCERS, balancer_class
 from cvmtl.tasks import HIGHER_IS_BETTER, get_task
 
 # Published 13-class NYUv2 numbers (LibMTL, DeepLabV3+ dilated ResNet-50, 288x384, one run each).
@@ -102,12 +103,29 @@ def _delta_cell(d: float | None) -> str:
     return "" if d is None else f"{d:+.2f}"
 
 
+def model_summary(cfg: Any) -> str:
+    """One line on what produced the predictions: backbone, sharing, balancer, budget."""
+    m, loss, train = cfg.model, cfg.loss, cfg.train
+    balancer = loss.balancer
+    if loss.balancer_args:
+        args = ", ".join(f"{k}={v}" for k, v in loss.balancer_args.items())
+        balancer += f" ({args})"
+    if loss.balancer in BALANCERS and balancer_class(loss.balancer).kind == "gradient":
+        balancer += f", gradients w.r.t. {loss.grad_source}"
+    budget = f"{train.max_steps} steps" if train.max_steps else f"{train.epochs} epochs"
+    return (
+        f"{m.backbone} + FPN {m.neck_channels}, {m.sharing} sharing; balancer {balancer}; "
+        f"{budget} of batch {train.batch_size}"
+    )
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     """report.md from a report document (see :func:`write_report`)."""
     m = doc["metrics"]
     lines = [f"# Evaluation report: {doc['title']}", ""]
     lines += [f"- checkpoint: `{m['checkpoint']}`", f"- split: `{m['split']}`"]
-    lines += [f"- dataset: {doc['dataset']}", f"- tasks: {', '.join(m['metrics'])}", ""]
+    lines += [f"- dataset: {doc['dataset']}", f"- tasks: {', '.join(m['metrics'])}"]
+    lines += [f"- model: {doc['model']}", ""]
     dm = m.get("delta_m")
     if dm:
         lines += [f"**delta_m: {dm['overall']:+.2f}%** (vs single-task baselines; + = better)", ""]
@@ -157,6 +175,7 @@ def render_html(doc: dict[str, Any], charts: dict[str, bytes]) -> str:
     parts.append(
         f"<p>checkpoint <code>{esc(m['checkpoint'])}</code> &middot; split "
         f"<code>{esc(m['split'])}</code> &middot; dataset {esc(doc['dataset'])}</p>"
+        f"<p>model: {esc(doc['model'])}</p>"
     )
     dm = m.get("delta_m")
     if dm:
@@ -235,6 +254,7 @@ def write_report(
     doc = {
         "title": cfg.name,
         "dataset": f"{name} ({cfg.data.format}, {cfg.data.num_classes} classes)",
+        "model": model_summary(cfg),
         "metrics": metrics,
         "baselines": baselines,
         "classes": info.get("classes"),
