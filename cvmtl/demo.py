@@ -145,6 +145,7 @@ def run_demo(
     "seconds"}`` (``seconds`` per stage)."""
     from cvmtl.demo_report import compute_floors, format_summary, write_visuals
     from cvmtl.engine.eval_run import run_eval
+    from cvmtl.vis.report import model_summary
 
     opts = opts or DemoOptions()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -201,6 +202,7 @@ def run_demo(
         "tensorboard": f"tensorboard --logdir {cfg.out_dir}",
     }
     test_base = baselines.get(cfg.data.test_split, {})
+    print(f"model: {model_summary(cfg)}")
     print(format_summary(metrics, test_base, floors, cfg.tasks))
     lap("summary")
     seconds["total"] = sum(seconds.values())

@@ -69,6 +69,7 @@ def test_demo_pipeline_and_rerun(tmp_path, capsys):
     assert set(out["floors"]) == {"seg", "depth", "normal"}
     text = capsys.readouterr().out
     assert "seg     miou" in text and "delta_m" in text
+    assert "model: resnet18 + FPN" in text and "balancer fixed" in text
 
     # A rerun renders nothing and retrains nothing.
     before = {p: p.stat().st_mtime_ns for p in run.rglob("best.pt")}
