@@ -172,3 +172,17 @@ def test_summary_table():
     text = format_summary(metrics, {"seg": {"miou": 18.0}}, {"seg": {"miou": 7.0}}, ["seg"])
     assert "seg     miou ^            7.00     18.00     20.00   +10.00" in text
     assert "delta_m (multi-task vs single-task, test split): +5.00%" in text
+
+
+def test_cli_bad_input_is_exit_2_and_one_stderr_line(tmp_path, capsys):
+    """tools/demo.py and tools/compare_balancers.py report a bad config or variant in one line."""
+    from cvmtl.commands import compare_balancers, demo
+
+    cases = [
+        (demo.main, ["--config", str(CONFIG), "--threads", "1", "train.nope=1"], "train.nope"),
+        (compare_balancers.main, ["--out", str(tmp_path), "--variants", "nope"], "nope"),
+    ]
+    for main, argv, needle in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and needle in err, err

@@ -11,6 +11,7 @@ baselines) is rewritten to <out>/table.md after every run.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -18,8 +19,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cvmtl.commands._common import make_parser
-from cvmtl.config import ConfigError
+from cvmtl.commands._common import add_overrides, make_parser, run_main
 from cvmtl.experiments import VARIANTS, compare, load_results, results_table
 
 
@@ -31,8 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants")
     p.add_argument("--table-only", action="store_true", help="print the table of results.json")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    a = p.parse_args(argv)
+    add_overrides(p)
+    return run_main(compare_and_tabulate, p.parse_args(argv))
+
+
+def compare_and_tabulate(a: argparse.Namespace) -> int:
     out = Path(a.out)
     try:
         if a.table_only:
@@ -41,9 +44,6 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(v) for v in a.seeds.split(",") if v.strip()]
             variants = [v.strip() for v in a.variants.split(",") if v.strip()]
             results = compare(a.config, a.overrides, variants=variants, seeds=seeds, out=out)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as stop:
         print(f"interrupted ({stop}); rerun the same command to continue", file=sys.stderr)
         return 130

@@ -9,14 +9,14 @@ Everything lands in runs/<name>/ (report/, vis/, baselines/); a rerun reuses fin
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cvmtl.commands._common import make_parser
-from cvmtl.config import ConfigError
+from cvmtl.commands._common import add_overrides, make_parser, run_main
 from cvmtl.demo import DemoOptions, run_demo
 
 
@@ -31,8 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-vis", type=int, default=d.num_vis, help="test panels to draw")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = all)")
     p.add_argument("--fresh", action="store_true", help="retrain everything")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    a = p.parse_args(argv)
+    add_overrides(p)
+    return run_main(demo, p.parse_args(argv))
+
+
+def demo(a: argparse.Namespace) -> int:
     opts = DemoOptions(
         counts={"train": a.train, "val": a.val, "test": a.test},
         seed=a.seed,
@@ -43,9 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         run_demo(a.config, a.overrides, opts)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as stop:
         print(f"demo interrupted: {stop}; rerun to continue", file=sys.stderr)
         return 130
