@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import statistics
@@ -65,7 +64,7 @@ def save_results(out: Path, results: dict[str, Any]) -> None:
     os.replace(tmp, out / "results.json")
 
 
-def variant_config(base: Config, out: Path, seed: int, name: str, extra: list[str]) -> Config:
+def variant_config(base: Config, out: Path, seed: int, name: str) -> Config:
     """``base`` with the variant's overrides, ``train.seed`` and ``<out>/seed<s>/<name>``."""
     from cvmtl.config import from_dict, parse_override, to_dict
 
@@ -73,7 +72,7 @@ def variant_config(base: Config, out: Path, seed: int, name: str, extra: list[st
     balancer = next((t.split("=", 1)[1] for t in VARIANTS[name] if t.startswith("loss.bal")), None)
     if balancer is not None and balancer != base.loss.balancer:
         values["loss"]["balancer_args"] = {}  # the base's hparams belong to its own balancer
-    for text in [*VARIANTS[name], *extra]:
+    for text in VARIANTS[name]:
         keys, value = parse_override(text)
         node = values
         for key in keys[:-1]:
@@ -158,7 +157,7 @@ def compare(
         )
         save_results(out, results)
         for name in todo:
-            cfg = variant_config(base, out, seed, name, [])
+            cfg = variant_config(base, out, seed, name)
             print(f"compare: seed {seed}, {name} -> {cfg.run_dir}", flush=True)
             record = run_variant(cfg, out / f"seed{seed}" / "baselines.json")
             results["runs"][f"{name}/seed{seed}"] = {"variant": name, "seed": seed, **record}
@@ -167,20 +166,13 @@ def compare(
     return results
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 def _cell(values: list[float], digits: int) -> str:
     if not values:
         return "-"
-    mean, std = _mean_std(values)
-    if math.isnan(std):
+    mean = statistics.mean(values)
+    if len(values) < 2:  # no sample std of one value
         return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def results_table(results: dict[str, Any]) -> str:
