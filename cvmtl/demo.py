@@ -5,7 +5,9 @@ holds the same counts / size / seed / renderer, recorded in ``demo_stamp.json``)
 single-task baselines then the multi-task model with the same step budget
 (:func:`cvmtl.engine.baselines.train_baselines` then :func:`cvmtl.engine.trainer.fit`), evaluate
 ``best.pt`` on the test split with delta_m (``report/``), draw panels and curves (``vis/``), and
-print a single-task vs multi-task table. A rerun reuses every finished stage.
+print a single-task vs multi-task table. A rerun reuses every finished stage and resumes an
+interrupted training of the same config from its ``last.pt``
+(:func:`cvmtl.engine.resume.prior_run`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import torch
 
-from cvmtl.config import Config, load_config, to_dict
+from cvmtl.config import Config, load_config
 
 STAMP = "demo_stamp.json"  # in the dataset root: what was rendered there
 RUN_STAMP = "demo_data.json"  # in the run folder: which dataset the runs were trained on
@@ -88,24 +90,6 @@ def ensure_dataset(cfg: Config, opts: DemoOptions) -> tuple[dict[str, Any], bool
     return stamp, True
 
 
-def run_finished(cfg: Config) -> bool:
-    """True when ``cfg.run_dir`` holds a finished run of exactly ``cfg`` (last.pt + best.pt)."""
-    from cvmtl.engine.baselines import multitask_steps
-    from cvmtl.engine.checkpoint import load_checkpoint
-    from cvmtl.engine.resume import config_changes
-
-    last, best = cfg.run_dir / "last.pt", cfg.run_dir / "best.pt"
-    if not (last.is_file() and best.is_file()):
-        return False
-    try:
-        ckpt = load_checkpoint(last)
-    except ValueError:
-        return False
-    if config_changes(ckpt.get("config", {}), to_dict(cfg)):
-        return False
-    return int(ckpt.get("step", 0)) >= multitask_steps(cfg)
-
-
 def _prepare_run_dir(cfg: Config, stamp: dict[str, Any], fresh: bool) -> None:
     """Start the run folder over when asked, or when its runs saw another dataset."""
     run_dir = cfg.run_dir
@@ -120,19 +104,23 @@ def _prepare_run_dir(cfg: Config, stamp: dict[str, Any], fresh: bool) -> None:
 
 
 def train(cfg: Config) -> dict[str, Any]:
-    """Baselines first (baselines.json), then the multi-task run; finished runs are reused.
+    """Baselines first (baselines.json), then the multi-task run; finished runs of the same
+    config are reused, interrupted ones resumed from their ``last.pt``.
 
     Returns baselines.json's content. Baselines and the multi-task run share backbone, optimizer,
     schedule, batch size and step count (see :mod:`cvmtl.engine.baselines`).
     """
-    from cvmtl.engine.baselines import train_baselines
+    from cvmtl.engine.baselines import multitask_steps, train_baselines
+    from cvmtl.engine.resume import prior_run, resume_flag
     from cvmtl.engine.trainer import fit
 
     baselines = train_baselines(cfg)
-    if run_finished(cfg):
+    total = multitask_steps(cfg)
+    prior = prior_run(cfg, total)
+    if prior is not None and prior["finished"]:
         print(f"demo: {cfg.run_dir} is finished; not retrained")
     else:
-        result = fit(cfg)
+        result = fit(cfg, resume=resume_flag(prior, total))
         if result["interrupted"]:
             raise KeyboardInterrupt(f"stopped by signal {result['interrupted']} (rerun resumes)")
     return baselines

@@ -109,6 +109,45 @@ def test_train_baselines_then_delta_m_selection(tmp_path):
     assert again == baselines and all(r["reused"] for r in read_summary(run)["runs"].values())
 
 
+def test_rerun_resumes_an_interrupted_baseline_of_the_same_config(tmp_path, monkeypatch):
+    """prior_run tells finished / interrupted / foreign runs apart; train_baselines (and the demo,
+    through the same helpers) resumes the interrupted one instead of starting it over."""
+    from cvmtl.engine import trainer
+    from cvmtl.engine.checkpoint import save_checkpoint
+    from cvmtl.engine.resume import prior_run, resume_flag
+
+    data = make_data(tmp_path / "data")
+    cfg = config(data, tmp_path / "runs", tasks="[depth]", train__max_steps=2)
+    train_baselines(cfg)
+    bcfg = baseline_config(cfg, "depth", total_steps=2)
+    last, best = bcfg.run_dir / "last.pt", bcfg.run_dir / "best.pt"
+    prior = prior_run(bcfg, 2)
+    assert prior["finished"] and prior["step"] == 2 and resume_flag(prior, 2) is None
+    other = baseline_config(config(data, tmp_path / "runs", tasks="[depth]", train__lr=0.5),
+                            "depth", total_steps=2)  # fmt: skip
+    assert prior_run(other, 2) is None  # another config's checkpoint is never reused
+
+    # An interruption after step 1: last.pt at step 1, nothing validated, no best.pt yet.
+    ckpt = load_checkpoint(last)
+    ckpt["step"], ckpt["best"] = 1, {}
+    save_checkpoint(ckpt, last)
+    best.unlink()
+    prior = prior_run(bcfg, 2)
+    assert not prior["finished"] and resume_flag(prior, 2) is True
+
+    calls = []
+    real_fit = trainer.fit
+
+    def recording_fit(c, **kwargs):
+        calls.append(kwargs)
+        return real_fit(c, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit", recording_fit)
+    train_baselines(cfg)
+    assert calls == [{"resume": True}]
+    assert load_checkpoint(last)["step"] == 2 and best.is_file()
+
+
 def _train_tool():
     from cvmtl.commands import train
 

@@ -4,7 +4,8 @@ evaluation with delta_m, visualizations and a summary table.
     python tools/demo.py --config configs/synthetic_demo.yaml [--train 600 --val 100 --test 100]
                          [--seed 0] [--threads N] [--fresh] [key=value ...]
 
-Everything lands in runs/<name>/ (report/, vis/, baselines/); a rerun reuses finished stages.
+Everything lands in runs/<name>/ (report/, vis/, baselines/); a rerun reuses finished
+stages and resumes an interrupted training.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from cvmtl.config import Config, to_dict
+from cvmtl.config import Config
 from cvmtl.engine import distributed as du
 from cvmtl.tasks import get_task
 
@@ -75,10 +75,12 @@ def train_baselines(cfg: Config, tasks: list[str] | None = None) -> dict[str, An
     """Train the baselines of ``tasks`` (default all of ``cfg.tasks``); write and return
     baselines.json's content ``{split: {task: {metric: value}}}``.
 
-    A baseline whose folder already holds a finished run of the same config is not retrained.
+    A baseline whose folder already holds a finished run of the same config is not retrained; an
+    interrupted one of the same config is resumed from its ``last.pt``.
     Under torchrun every rank calls this; rank 0 evaluates and writes the files.
     Raises :class:`TrainingInterrupted` when a baseline run is stopped by a signal.
     """
+    from cvmtl.engine.resume import prior_run, resume_flag
     from cvmtl.engine.trainer import fit
 
     tasks = list(tasks or cfg.tasks)
@@ -87,9 +89,10 @@ def train_baselines(cfg: Config, tasks: list[str] | None = None) -> dict[str, An
     val, test, runs = {}, {}, {}
     for task in tasks:
         bcfg = baseline_config(cfg, task, total)
-        done = _finished(bcfg, total)
+        prior = prior_run(bcfg, total)
+        done = prior if prior is not None and prior["finished"] else None
         if done is None:
-            result = fit(bcfg)
+            result = fit(bcfg, resume=resume_flag(prior, total))
             if result["interrupted"]:
                 raise TrainingInterrupted(int(result["interrupted"]), task)
             step, best = int(result["step"]), result["best"]
@@ -133,23 +136,6 @@ def train_baselines(cfg: Config, tasks: list[str] | None = None) -> dict[str, An
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     du.barrier()  # every rank's next fit() reads baselines.json
     return du.broadcast_object(data)
-
-
-def _finished(bcfg: Config, total: int) -> dict[str, Any] | None:
-    """``{"step", "best"}`` of a finished run of exactly ``bcfg`` in its folder, else None."""
-    from cvmtl.engine.checkpoint import load_checkpoint
-    from cvmtl.engine.resume import config_changes
-
-    last = bcfg.run_dir / "last.pt"
-    if not last.is_file() or not (bcfg.run_dir / "best.pt").is_file():
-        return None
-    try:
-        ckpt = load_checkpoint(last)
-    except ValueError:
-        return None
-    if int(ckpt.get("step", 0)) < total or config_changes(ckpt.get("config", {}), to_dict(bcfg)):
-        return None
-    return {"step": int(ckpt["step"]), "best": ckpt.get("best")}
 
 
 def _evaluate_best(bcfg: Config, roles: list[str]) -> dict[str, dict]:

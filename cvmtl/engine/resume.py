@@ -10,7 +10,7 @@ from torch import nn
 
 from cvmtl.config import Config, to_dict
 from cvmtl.engine import distributed as du
-from cvmtl.engine.checkpoint import get_rng_state, save_checkpoint, set_rng_state
+from cvmtl.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from cvmtl.engine.logging import RunLogger
 from cvmtl.engine.optim import ModelEMA
 from cvmtl.engine.runstate import BestTracker, GracefulStop
@@ -149,3 +149,28 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
 
     a, b = flat(old), flat(new)
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(b) if a.get(k) != b[k])
+
+
+def prior_run(cfg: Config, total: int) -> dict[str, Any] | None:
+    """What a rerun of ``cfg`` finds in ``cfg.run_dir``: None unless ``last.pt`` is a checkpoint
+    written by exactly ``cfg``; else ``{"step", "best", "finished"}``, where ``finished`` means it
+    reached ``total`` steps and has its ``best.pt`` (reuse it), and an unfinished one with
+    ``step < total`` is resumable."""
+    last = cfg.run_dir / "last.pt"
+    if not last.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(last)
+    except ValueError:
+        return None
+    if config_changes(ckpt.get("config", {}), to_dict(cfg)):
+        return None
+    step = int(ckpt.get("step", 0))
+    finished = step >= total and (cfg.run_dir / "best.pt").is_file()
+    return {"step": step, "best": ckpt.get("best"), "finished": finished}
+
+
+def resume_flag(prior: dict[str, Any] | None, total: int) -> bool | None:
+    """``fit``'s ``resume`` for a run with :func:`prior_run` ``prior``: True when it stopped
+    before ``total`` steps (continue it), None otherwise (start over)."""
+    return True if prior is not None and prior["step"] < total else None
