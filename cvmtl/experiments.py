@@ -84,10 +84,10 @@ def variant_config(base: Config, out: Path, seed: int, name: str) -> Config:
 
 
 def _scalars(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    return {
-        t: {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
-        for t, m in results.items()
-    }
+    """``{task: scalar metrics}`` (per-class lists dropped), per task as baselines.json has it."""
+    from cvmtl.engine.baselines import scalars
+
+    return {t: scalars(m) for t, m in results.items()}
 
 
 def seed_baselines(base: Config, out: Path, seed: int) -> dict[str, Any]:
