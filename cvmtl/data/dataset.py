@@ -7,28 +7,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch.utils.data import Dataset
 
 from cvmtl.data.formats import DataError, list_ids, load_dataset_info, load_sample
+from cvmtl.data.splits import carve_ids
+
+__all__ = ["DenseDataset", "carve_ids", "resolve_split_ids"]
 
 log = logging.getLogger(__name__)
 
 MAX_SKIPS = 100  # give up after this many consecutive bad samples: the dataset is broken
-
-
-def carve_ids(ids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Split ``ids`` into (kept, carved) with ``round(fraction * n)`` (at least 1) carved ids,
-    chosen by a seeded permutation; both keep the input order."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
-    if len(ids) < 2:
-        raise DataError(f"cannot carve a validation split out of {len(ids)} id(s)")
-    n_val = min(len(ids) - 1, max(1, round(fraction * len(ids))))
-    chosen = set(np.random.default_rng(seed).permutation(len(ids))[:n_val].tolist())
-    kept = [s for i, s in enumerate(ids) if i not in chosen]
-    carved = [s for i, s in enumerate(ids) if i in chosen]
-    return kept, carved
 
 
 def resolve_split_ids(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cvmtl.data.io import DataError, write_cvmtl_sample, write_dataset_yaml, write_split
+from cvmtl.data.splits import carve_ids
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +230,6 @@ def convert_official(
             write_cvmtl_sample(out, f"{i:04d}", image, lut[raw], depth, normal)
     ids = {"train": [f"{i:04d}" for i in sorted(train)], "test": [f"{i:04d}" for i in sorted(test)]}
     if val_fraction > 0:
-        from cvmtl.data.dataset import carve_ids
-
         ids["trainval"] = ids["train"]
         ids["train"], ids["val"] = carve_ids(ids["trainval"], val_fraction, seed)
     for split, split_ids in ids.items():
