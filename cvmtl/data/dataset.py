@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,12 @@ from torch.utils.data import Dataset
 from cvmtl.data.formats import DataError, list_ids, load_dataset_info, load_sample
 from cvmtl.data.splits import carve_ids
 
-__all__ = ["DenseDataset", "carve_ids", "resolve_split_ids"]
+__all__ = ["DenseDataset", "ROLES", "carve_ids", "resolve_role", "resolve_split_ids"]
 
 log = logging.getLogger(__name__)
 
 MAX_SKIPS = 100  # give up after this many consecutive bad samples: the dataset is broken
+ROLES = ("train", "val", "test")
 
 
 def resolve_split_ids(
@@ -40,12 +41,37 @@ def resolve_split_ids(
     return list_ids(root, format, split)
 
 
+def resolve_role(
+    root: Path | str,
+    format: str,
+    role: str,
+    names: Mapping[str, str],
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> tuple[str, list[str]]:
+    """``(source split, ids)`` of the loader role ``role`` (train / val / test); ``names`` maps
+    each role to its split name (``data.train_split`` / ``val_split`` / ``test_split``).
+
+    With ``val_fraction > 0`` the val role is a seeded carve of the train split and is read from
+    the train split's files (in ``nyuv2_npy`` that is ``train/``, never ``val/``, which is the
+    test split); train keeps the rest. The test role is always its own split.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown split role {role!r} (expected one of {ROLES})")
+    if val_fraction <= 0 or role == "test":
+        return names[role], list_ids(root, format, names[role])
+    kept, carved = carve_ids(list_ids(root, format, names["train"]), val_fraction, seed)
+    return names["train"], kept if role == "train" else carved
+
+
 class DenseDataset(Dataset):
     """Samples of one split as dicts (DESIGN sample contract).
 
     Augmentation randomness is a function of (``seed``, epoch, index): the index may be an int
     (the epoch then comes from :meth:`set_epoch`) or an ``(epoch, index)`` pair, which is what
     the loaders' samplers yield so that persistent workers never see a stale epoch.
+    ``source_split`` (default ``split``) is the split whose files are read: a validation split
+    carved out of train (``split="val", source_split="train"``) reads the train files.
     With ``skip_bad`` a sample that fails with :class:`DataError` is logged, recorded in
     ``bad_ids`` / ``bad_count`` (per process: workers keep their own copies) and the next index
     is returned instead.
@@ -62,14 +88,16 @@ class DenseDataset(Dataset):
         skip_bad: bool = False,
         ids: Sequence[str] | None = None,
         seed: int = 0,
+        source_split: str | None = None,
     ) -> None:
         self.root, self.split, self.format = Path(root), split, format
+        self.source_split = source_split or split
         self.tasks = list(tasks)
         self.transform = transform
         self.info = load_dataset_info(root, format)
         self.num_classes = num_classes or len(self.info["classes"])
         self.skip_bad = skip_bad
-        self.ids = list(ids) if ids is not None else list_ids(root, format, split)
+        self.ids = list(ids) if ids is not None else list_ids(root, format, self.source_split)
         self.seed = int(seed)
         self.epoch = 0
         self.bad_ids: list[str] = []
@@ -90,7 +118,7 @@ class DenseDataset(Dataset):
         return load_sample(
             self.root,
             self.format,
-            self.split,
+            self.source_split,
             self.ids[index],
             self.tasks,
             self.num_classes,
@@ -112,7 +140,9 @@ class DenseDataset(Dataset):
                 self.bad_ids.append(self.ids[current])
                 log.warning("skipping bad sample (%d so far): %s", len(self.bad_ids), err)
         else:
-            raise DataError(f"{MAX_SKIPS} bad samples in a row in {self.root} split {self.split}")
+            raise DataError(
+                f"{MAX_SKIPS} bad samples in a row in {self.root} split {self.source_split}"
+            )
         if self.transform is not None:
             # Seeded by the requested index, so a substitute is augmented like the original.
             sample = self.transform(sample, rng_seed=(self.seed, int(epoch), int(index)))

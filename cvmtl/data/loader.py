@@ -19,13 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from cvmtl.data.dataset import DenseDataset, resolve_split_ids
+from cvmtl.data.dataset import ROLES, DenseDataset, resolve_role
 from cvmtl.data.formats import DataError, load_dataset_info, split_source
 from cvmtl.data.transforms import build_transforms
 
 log = logging.getLogger(__name__)
-
-ROLES = ("train", "val", "test")
 
 
 class SeededSampler(Sampler):
@@ -88,7 +86,9 @@ class ShardSampler(Sampler):
 def build_datasets(cfg: Any, splits: Sequence[str] | None = None) -> dict[str, DenseDataset]:
     """Datasets of the roles ``splits`` (default: train, plus val and test where they exist).
 
-    A role asked for explicitly (and always train) that does not exist is a DataError.
+    With ``data.val_fraction > 0`` val is a seeded carve of the train split, read from the train
+    files, and train excludes it; test is the held-out split (see :func:`resolve_role`). A role
+    asked for explicitly (and always train) that does not exist is a DataError.
     """
     d = cfg.data
     info = load_dataset_info(d.root, d.format)
@@ -104,10 +104,7 @@ def build_datasets(cfg: Any, splits: Sequence[str] | None = None) -> dict[str, D
         if role not in names:
             raise ValueError(f"unknown split role {role!r} (expected one of {ROLES})")
         try:
-            ids = resolve_split_ids(
-                d.root, d.format, names[role], d.val_fraction, d.split_seed, d.train_split,
-                d.val_split,
-            )  # fmt: skip
+            source, ids = resolve_role(d.root, d.format, role, names, d.val_fraction, d.split_seed)
         except DataError:
             if splits is not None or role == "train":
                 raise
@@ -115,7 +112,7 @@ def build_datasets(cfg: Any, splits: Sequence[str] | None = None) -> dict[str, D
             continue
         out[role] = DenseDataset(
             d.root, names[role], d.format, cfg.tasks, train_tf if role == "train" else eval_tf,
-            d.num_classes, d.skip_bad, ids=ids, seed=cfg.train.seed,
+            d.num_classes, d.skip_bad, ids=ids, seed=cfg.train.seed, source_split=source,
         )  # fmt: skip
     if "val" in out and "test" in out and d.val_fraction == 0:
         same = split_source(d.root, d.format, d.val_split) == split_source(
