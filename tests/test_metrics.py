@@ -176,7 +176,9 @@ def test_depth_random_streaming_matches_numpy():
 def test_depth_empty_is_nan():
     m = DepthMetric()
     m.update(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
-    assert all(math.isnan(v) for v in m.compute().values())
+    r = m.compute()
+    assert r.pop("nonfinite") == 0.0
+    assert all(math.isnan(v) for v in r.values())
 
 
 # ---------------------------------------------------------------- normals

@@ -63,14 +63,22 @@ def cfg():
     return c
 
 
+BAD_SAMPLES = (0, 3, 6)  # one NaN / inf prediction each, on a valid pixel of every task
+
+
+@torch.no_grad()
 def shard_metrics(rank, world):
-    """Metric updates on this rank's shard of the batches (uneven sizes)."""
+    """Metric updates on this rank's shard of the batches (uneven sizes; rank 0 holds two of
+    the samples with a non-finite prediction, rank 1 one)."""
     ds = TinySet(n=7)
     ms = build_metrics(TASKS, C, cfg())
     model = PixelModel()
     for i in range(rank, len(ds), world):
         s = ds[i]
-        pred = model(s["image"][None])
+        pred = {t: p.clone() for t, p in model(s["image"][None]).items()}
+        if i in BAD_SAMPLES:
+            for t in TASKS:
+                pred[t][0, 0, 1, 1] = float("nan") if i < 6 else float("inf")
         for t in TASKS:
             ms[t].update(pred[t], s[t][None])
     return {t: m.compute() for t, m in ms.items()}
@@ -102,6 +110,7 @@ def test_ddp_metrics_equal_single_process(tmp_path):
     world = 2
     mp.spawn(worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world)
     single_direct = shard_metrics(0, 1)
+    assert all(single_direct[t]["nonfinite"] == len(BAD_SAMPLES) for t in TASKS)
     ds = TinySet(n=5)
     single_eval = evaluate(PixelModel(), DataLoader(ds, batch_size=2), TASKS, cfg(), progress=False)
     for rank in range(world):

@@ -9,7 +9,7 @@ import torch
 from cvmtl.metrics._common import accumulate, check_shapes, nan_if_empty, reduced
 
 # Order of the accumulated sums (one float64 vector, so DDP needs a single all_reduce).
-_SUMS = ("abs", "rel", "sq_rel", "sq", "log_sq", "d1", "d2", "d3", "count")
+_SUMS = ("abs", "rel", "sq_rel", "sq", "log_sq", "d1", "d2", "d3", "count", "nonfinite")
 
 
 class DepthMetric:
@@ -19,6 +19,11 @@ class DepthMetric:
     Valid pixels: ``min_depth <= target <= max_depth`` (and target > 0: 0 marks invalid).
     Predictions are clamped to ``[min_depth, max_depth]`` first (to at least 1e-6 m so that the
     log and ratios stay finite when ``min_depth`` is 0). With no valid pixel, values are NaN.
+
+    A non-finite prediction (NaN, +-inf) on a valid pixel is the worst the clamp allows, never a
+    free pass: it is scored as the end of the clamped range farther from the target in metres
+    (``max_depth`` if the target is below the range's midpoint, else the lower end) in every
+    error, and it fails every delta threshold. ``nonfinite`` counts those pixels (a float).
     """
 
     def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0) -> None:
@@ -37,11 +42,19 @@ class DepthMetric:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred [B,1,H,W] metres (any float dtype); target [B,1,H,W] metres, 0 = invalid."""
         check_shapes("DepthMetric", pred, target, 1)
-        p = pred.float().clamp(max(self.min_depth, 1e-6), self.max_depth)
+        lo, hi = max(self.min_depth, 1e-6), self.max_depth
+        p = pred.float()
         g = target.to(device=p.device, dtype=torch.float32)
         valid = (g >= self.min_depth) & (g <= self.max_depth)
         if self.min_depth <= 0:
             valid &= g > 0
+        # Non-finite (NaN compares False; ~2x faster than isfinite on the CPU): scored as the
+        # farther end of [lo, hi], see above.
+        bad = valid & ~(p.abs() < math.inf)
+        # hi below the range's midpoint, lo from it up (sign * 2 hi, clamped: exact, and ~15x
+        # faster on the CPU than a torch.where with scalars)
+        far = (0.5 * (lo + hi) - g).sign_().mul_(2 * hi).clamp_(lo, hi)
+        p = torch.where(bad, far, p.clamp(lo, hi))
         # Everything below is a function of r = p / g, set to 1 on invalid pixels so that they
         # add exactly 0 (even a NaN prediction there). Masks, not boolean indexing: no host sync
         # on CUDA; few full-size passes, since this runs on every eval batch.
@@ -54,13 +67,14 @@ class DepthMetric:
         # spaced in log space). Invalid pixels (r = 1) pass every test: their number is taken
         # off below. All counts and sums go into one vector: one conversion, one accumulate.
         ad, rel, log_r = ad.flatten(), rel.flatten(), log_r.flatten()
-        steps = log_r.abs().mul_(1.0 / math.log(1.25))
+        steps = log_r.abs().mul_(1.0 / math.log(1.25)).masked_fill_(bad.flatten(), math.inf)
         count = valid.sum()
         invalid = valid.numel() - count
         sums = torch.stack(
             [ad.sum(), rel.sum(), torch.dot(ad, rel), torch.dot(ad, ad), torch.dot(log_r, log_r)]
         )
-        counts = torch.stack([(steps < k).sum() - invalid for k in (1, 2, 3)] + [count])
+        counts = [(steps < k).sum() - invalid for k in (1, 2, 3)] + [count, bad.sum()]
+        counts = torch.stack(counts)
         self._sums = accumulate(self._sums, torch.cat([sums.double(), counts.double()]))
 
     def compute(self) -> dict[str, float]:
@@ -77,4 +91,5 @@ class DepthMetric:
             "delta1": nan_if_empty(s["d1"], n, 100.0),
             "delta2": nan_if_empty(s["d2"], n, 100.0),
             "delta3": nan_if_empty(s["d3"], n, 100.0),
+            "nonfinite": float(s["nonfinite"]),
         }

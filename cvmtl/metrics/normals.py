@@ -13,7 +13,8 @@ from cvmtl.metrics._common import accumulate, check_shapes, count_bins, nan_if_e
 # 11.25 / 22.5 / 30 degree thresholds fall on bin edges, so those rates come from it too.
 BIN_DEG = 0.005
 NUM_BINS = 36000
-_SUMS = ("angle", "angle_sq")
+_SUMS = ("angle", "angle_sq", "nonfinite")
+WORST_DEG = 180.0  # the angle charged for a prediction with no direction (see NormalMetric)
 
 
 def angle_deg(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -42,6 +43,10 @@ class NormalMetric:
     The angle does not depend on the vectors' lengths (the prediction and, harmlessly, the
     target are in effect normalized). Valid pixels: a non-zero target. ``median`` is within
     0.005 degree of numpy's median of all valid angles. With no valid pixel, NaN.
+
+    A prediction that has no direction on a valid pixel (a NaN or infinite component, or a
+    length of 0 or beyond float32's range, so it cannot be normalized) counts as the worst
+    possible one, 180 degrees, in every statistic; ``nonfinite`` counts those pixels (a float).
     """
 
     def __init__(self) -> None:
@@ -55,14 +60,19 @@ class NormalMetric:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred [B,3,H,W] (any length); target [B,3,H,W], all-zero = invalid."""
         check_shapes("NormalMetric", pred, target, 3)
+        pred = pred.float().contiguous()  # planar once: angle_deg then makes no copy
         target = target.to(pred.device)
         valid = target.abs().amax(dim=1) > 0
+        px, py, pz = pred.unbind(1)
+        length_sq = (px * px).addcmul_(py, py).addcmul_(pz, pz)  # NaN / inf / 0: no direction
+        bad = valid & ~((length_sq > 0) & (length_sq < math.inf))
         # Masks, not boolean indexing: no host sync on CUDA. NaN on invalid pixels -> 0.
-        ang = torch.where(valid, angle_deg(pred, target), 0.0).flatten()
+        ang = angle_deg(pred, target).masked_fill_(bad, WORST_DEG)
+        ang = torch.where(valid, ang, 0.0).flatten()
         bins = ang.mul(1.0 / BIN_DEG).long().clamp_(0, NUM_BINS - 1)
         bins = torch.where(valid.flatten(), bins, NUM_BINS)  # overflow bin, dropped
         hist = count_bins(bins, NUM_BINS + 1)[:NUM_BINS]
-        sums = torch.stack([ang.sum(), torch.dot(ang, ang)]).double()
+        sums = torch.stack([ang.sum(), torch.dot(ang, ang), bad.sum()]).double()
         self._sums = accumulate(self._sums, sums)
         self._hist = accumulate(self._hist, hist)
 
@@ -83,6 +93,7 @@ class NormalMetric:
             "a11": within(11.25),
             "a22": within(22.5),
             "a30": within(30.0),
+            "nonfinite": float(s["nonfinite"]),
         }
 
 
