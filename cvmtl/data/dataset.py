@@ -31,7 +31,9 @@ def resolve_split_ids(
 ) -> list[str]:
     """Ids of ``split``. With ``val_fraction > 0`` the ids of ``val_split`` are a seeded carve of
     ``train_split`` and ``train_split`` is what is left; any other name reads its own split
-    (``test`` = the held-out test split of every format)."""
+    (``test`` = the held-out test split of every format). Ids only: carved ids live in the
+    TRAIN files, so read them with ``source_split=train_split`` (:func:`resolve_role` gives
+    both and decides by role, not by name)."""
     if val_fraction <= 0:
         return list_ids(root, format, split)
     if split == train_split:
