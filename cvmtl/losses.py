@@ -58,7 +58,7 @@ def seg_terms(
     The denominators are the validity mask, or ``w[target]`` with class weights, so that the sum
     of the terms over the sum of the denominators is ``F.cross_entropy``'s weighted mean.
     """
-    valid = (target != IGNORE_INDEX) & labeled.view(-1, 1, 1)
+    valid = _seg_valid(target, labeled)
     safe = torch.where(valid, target, torch.zeros_like(target)).long()
     loss = F.cross_entropy(
         logits.float(),
@@ -71,8 +71,16 @@ def seg_terms(
     return torch.where(valid, loss, torch.zeros_like(loss)), denom
 
 
+def _seg_valid(target: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:
+    return (target != IGNORE_INDEX) & labeled.view(-1, 1, 1)
+
+
 def _depth_valid(target: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:
     return (target > 0) & labeled.view(-1, 1, 1, 1)
+
+
+def _normal_valid(target: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:
+    return (target != 0).any(dim=1) & labeled.view(-1, 1, 1)
 
 
 def depth_terms(
@@ -112,7 +120,7 @@ def normal_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel normal loss ``[B,H,W]`` (``cosine``: 1 - cos, ``l1``) and validity mask."""
     target = target.float()
-    valid = (target != 0).any(dim=1) & labeled.view(-1, 1, 1)
+    valid = _normal_valid(target, labeled)
     unit = F.normalize(pred.float(), dim=1, eps=_EPS)
     if kind == "cosine":
         loss = 1.0 - (unit * target).sum(dim=1)
@@ -134,14 +142,36 @@ def _class_weights(cfg, device: torch.device) -> torch.Tensor | None:
     return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
-def compute_losses(preds: dict, batch: dict, cfg) -> dict[str, torch.Tensor]:
+def pixel_counts(batch: dict, cfg, device: torch.device) -> torch.Tensor:
+    """This rank's loss denominators ``[T]`` of ``batch`` (float64, ``cfg.tasks`` order): the
+    number of valid pixels of labeled samples (with class weights: the sum of ``w[target]``).
+
+    They depend on the targets only, so a step can add them up over its micro-batches (and ranks)
+    before any forward pass: the global denominators that make accumulation a bigger batch.
+    """
+    counts = []
+    for task in cfg.tasks:
+        target = batch[task].to(device)
+        labeled = _labeled(batch, task, target.shape[0], device)
+        counts.append(_VALID[task](target, labeled, cfg).double().sum())
+    return torch.stack(counts)
+
+
+def compute_losses(
+    preds: dict, batch: dict, cfg, denominators: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """Masked float32 task losses ``{task: scalar}`` for the tasks of ``cfg.tasks`` in ``preds``.
 
-    ``cfg`` is the full :class:`cvmtl.config.Config`. Tasks without a valid pixel in the (global)
-    batch are absent. Under DDP this makes one small all-reduce (plus one for berHu's threshold)
-    and, like any presence test, one host read of the counts.
+    ``cfg`` is the full :class:`cvmtl.config.Config`. Without ``denominators`` every loss is the
+    (global) mean over this batch, and tasks without a valid pixel are absent: under DDP one small
+    all-reduce (plus one for berHu's threshold) and, like any presence test, one host read.
+    ``denominators`` ``{task: global count}`` (see :func:`pixel_counts`) replaces the batch's own
+    counts, for a step whose mean runs over several micro-batches; then only the tasks it names are
+    computed, and no host read is made.
     """
     tasks = [t for t in cfg.tasks if t in preds]
+    if denominators is not None:
+        tasks = [t for t in tasks if t in denominators]
     local: dict[str, torch.Tensor] = {}
     stats: list[torch.Tensor] = []  # per task: [sum, count, sum_g] (sum_g only used by silog)
     silog: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -165,17 +195,21 @@ def compute_losses(preds: dict, batch: dict, cfg) -> dict[str, torch.Tensor]:
             return {}
         # float64: a float32 pixel count stops being exact past 2^24 (a few large DDP batches)
         totals = all_reduce_sum(torch.stack(stats).double())  # [T, 3]: global sums, counts
-        # The one host read: which tasks are present. It stays (rather than weighting absent
-        # tasks 0 on the device): the balancers' contract is a dict of the present tasks, and
-        # their state (DWA / FAMO / GLS / RLW histories, gradient balancers' active rows) is
-        # updated for those only; making all of them mask-aware would buy one fewer sync per
-        # step on GPU, where train_step reads the gradient norm at the optimizer step anyway.
-        counts = totals[:, 1].tolist()
+        if denominators is None:
+            # The one host read: which tasks are present. It stays (rather than weighting absent
+            # tasks 0 on the device): the balancers' contract is a dict of the present tasks,
+            # and their state (DWA / FAMO / GLS / RLW histories, gradient balancers' active rows)
+            # is updated for those only.
+            present = [c > 0 for c in totals[:, 1].tolist()]
+            counts = totals[:, 1]
+        else:
+            present = [True] * len(tasks)
+            counts = torch.stack([denominators[t].to(totals) for t in tasks])
         out: dict[str, torch.Tensor] = {}
         for i, task in enumerate(tasks):
-            if counts[i] <= 0:
+            if not present[i]:
                 continue
-            n = totals[i, 1].float()
+            n = counts[i].float()
             if task in silog:
                 sq, s = silog[task]
                 s_glob = totals[i, 2].float()
@@ -210,3 +244,19 @@ def _normal(pred, target, labeled, cfg):
 
 
 _TERMS: dict[str, Callable] = {"seg": _seg, "depth": _depth, "normal": _normal}
+
+
+def _seg_weights(target, labeled, cfg):
+    valid = _seg_valid(target, labeled)
+    weights = _class_weights(cfg, target.device)
+    if weights is None:
+        return valid
+    return weights[torch.where(valid, target, torch.zeros_like(target)).long()] * valid
+
+
+# Each loss's denominator from its target alone: the weights of the valid pixels.
+_VALID: dict[str, Callable] = {
+    "seg": _seg_weights,
+    "depth": lambda target, labeled, cfg: _depth_valid(target, labeled),
+    "normal": lambda target, labeled, cfg: _normal_valid(target, labeled),
+}

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from tinymtl import TinyMTL, make_batch, tiny_cfg
+from tinymtl import TinyMTL, make_batch, split_batch, tiny_cfg
 
 from cvmtl.balancers import build_balancer
 from cvmtl.balancers.base import GradientBalancer
@@ -164,24 +164,36 @@ def test_fp16_scaler_overflow_is_skipped_and_backs_off():
     assert out["reason"] == "fp16 overflow (non-finite gradient: seg)"
 
 
-def test_accumulation_equals_one_big_batch():
-    model, ref = _setup()
-    batch, cfg = make_batch(n=4), tiny_cfg(grad_source="params")
-    cfg.train.accumulate = 2
-    opt = _sgd(model)
-    for k in range(2):
-        half = {key: v[2 * k : 2 * k + 2] for key, v in batch.items() if key != "has"}
-        half["has"] = {t: h[2 * k : 2 * k + 2] for t, h in batch["has"].items()}
-        train_step(model, half, WeightedSum(TASKS), opt, None, cfg, step=k == 1)
-    # same number of valid pixels per half is not guaranteed: compare to the mean of half-losses
-    opt_ref = _sgd(ref)
-    for k in range(2):
-        half = {key: v[2 * k : 2 * k + 2] for key, v in batch.items() if key != "has"}
-        half["has"] = {t: h[2 * k : 2 * k + 2] for t, h in batch["has"].items()}
-        losses = compute_losses(ref(half["image"]), half, cfg)
-        (sum(losses.values()) / 2).backward()
-    opt_ref.step()
-    _assert_same_params(model, ref)
+def _halves(batch):
+    return [split_batch(batch, 2, k) for k in range(2)]
+
+
+@pytest.mark.parametrize(
+    "name,source",
+    [("fixed", "loss"), ("uw", "loss"), ("dwa", "loss"), ("rlw", "loss"),
+     ("sum", "features"), ("sum", "params")],
+)  # fmt: skip
+def test_accumulation_equals_one_big_batch(name, source):
+    """k micro-batches with uneven valid pixels (and a task missing from one of them) make the
+    same update as one batch k times as large: the losses are means over the whole step."""
+    batch = make_batch(n=4)
+    batch["has"]["depth"] = torch.tensor([True, True, False, False])  # no depth in half 2
+    results = []
+    for accumulate in (1, 2):
+        model, _ = _setup()
+        cfg = tiny_cfg(grad_source="params" if source == "params" else "features")
+        cfg.train.accumulate = accumulate
+        bal = WeightedSum(TASKS, [1.0, 2.0, 0.5]) if name == "sum" else build_balancer(name, TASKS)
+        params = list(model.parameters()) + list(bal.parameters())
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+        for _ in range(2):  # two steps: balancer state (UW's s, RLW's stream) carries over
+            out = train_step(model, batch if accumulate == 1 else _halves(batch), bal, opt, None, cfg)
+            assert not out["skipped"], out["reason"]
+        results.append((torch.cat([p.detach().reshape(-1) for p in params]), out))
+    (big, out_big), (acc, out_acc) = results
+    torch.testing.assert_close(acc, big, atol=1e-6, rtol=1e-5)
+    for task, value in out_big["losses"].items():  # the logged losses are the step's too
+        torch.testing.assert_close(out_acc["losses"][task], value, atol=1e-6, rtol=1e-5)
 
 
 def test_soft_sharing_rejects_gradient_balancers():

@@ -21,6 +21,10 @@ class LossBalancer(nn.Module):
     """Loss-level balancer: ``total = balancer(losses)``."""
 
     kind = "loss"
+    # ``total`` is linear in the loss values (weights that do not depend on them): then a step's
+    # micro-batches can pass every task of the step, a task without pixels in one of them with a
+    # zero loss, and their gradients add up to the big batch's exactly (see cvmtl.engine.step).
+    linear_in_losses = False
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__()

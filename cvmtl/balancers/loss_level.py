@@ -40,6 +40,8 @@ def _weighted_sum(
 class Fixed(LossBalancer):
     """``sum_t w_t L_t``; ``weights={task: float}``, missing tasks weigh 1."""
 
+    linear_in_losses = True
+
     def __init__(self, tasks: Sequence[str], weights: dict[str, float] | None = None) -> None:
         super().__init__(tasks)
         weights = dict(weights or {})
@@ -64,6 +66,8 @@ class UW(LossBalancer):
     optimizer leaves it alone. Keep them out of weight decay.
     """
 
+    linear_in_losses = True
+
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__(tasks)
         self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in self.tasks})
@@ -83,6 +87,8 @@ class DWA(LossBalancer):
     from ``after_step``); equal weights (1) during the first two epochs. A task never seen in an
     epoch keeps its previous average.
     """
+
+    linear_in_losses = True
 
     def __init__(self, tasks: Sequence[str], temperature: float = 2.0) -> None:
         super().__init__(tasks)
@@ -128,25 +134,36 @@ class RLW(LossBalancer):
 
     Drawn from the balancer's own CPU generator (``seed``), saved in ``state_dict`` as extra state:
     every DDP rank draws the same weights whatever the ranks' global RNG states, and a resume
-    continues the stream exactly. ``T`` normals are drawn every step (so the stream does not
-    depend on which tasks are present); the softmax runs over the present tasks.
+    continues the stream exactly. ``T`` normals are drawn once per optimizer step (so the stream
+    depends neither on which tasks are present nor on ``train.accumulate``); the softmax runs over
+    the present tasks.
     """
+
+    linear_in_losses = True
 
     def __init__(self, tasks: Sequence[str], seed: int = 0) -> None:
         super().__init__(tasks)
         self._gen = torch.Generator().manual_seed(int(seed))
+        self._z: torch.Tensor | None = None  # this step's draw; after_step ends the step
 
     def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         active, values = _stack(self, losses)
-        z = torch.randn(len(self.tasks), generator=self._gen)
-        weights = F.softmax(z[active], dim=0).to(values.device)
+        if self._z is None:
+            self._z = torch.randn(len(self.tasks), generator=self._gen)
+        weights = F.softmax(self._z[active], dim=0).to(values.device)
         return _weighted_sum(self, active, values, weights)
 
-    def get_extra_state(self) -> torch.Tensor:
-        return self._gen.get_state()
+    def after_step(self, losses: dict[str, torch.Tensor]) -> None:
+        self._z = None
 
-    def set_extra_state(self, state: torch.Tensor) -> None:
-        self._gen.set_state(state.cpu())
+    def get_extra_state(self) -> dict:
+        return {"generator": self._gen.get_state(), "z": self._z}
+
+    def set_extra_state(self, state: dict | torch.Tensor) -> None:
+        if isinstance(state, torch.Tensor):  # checkpoints before the per-step draw
+            state = {"generator": state, "z": None}
+        self._gen.set_state(state["generator"].cpu())
+        self._z = state["z"]
 
 
 class GLS(LossBalancer):

@@ -69,3 +69,39 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module) -> None:
+    """Replace each floating-point buffer (BatchNorm running statistics) by its mean over ranks,
+    in one all-reduce per dtype (a no-op without DDP). Integer buffers (batch counters) already
+    agree: every rank takes the same number of steps."""
+    if not is_dist():
+        return
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for b in buffers:
+        by_dtype.setdefault(b.dtype, []).append(b)
+    world = get_world_size()
+    for group in by_dtype.values():
+        flat = torch.cat([b.reshape(-1) for b in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(world)
+        for b, part in zip(group, flat.split([b.numel() for b in group])):
+            b.copy_(part.view_as(b))
+
+
+def sum_allreduce_hook(state, bucket):
+    """A DistributedDataParallel communication hook that SUMs the gradients (the default hook
+    averages them; cvmtl's losses are global means, whose local gradients add up)."""
+    work = dist.all_reduce(bucket.buffer(), op=dist.ReduceOp.SUM, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+# DDP compares the hook's annotations with the real classes; this module's postponed (string)
+# annotations would fail that check, so they are set as objects here.
+sum_allreduce_hook.__annotations__ = {
+    "state": object,
+    "bucket": dist.GradBucket,
+    "return": torch.futures.Future[torch.Tensor],
+}

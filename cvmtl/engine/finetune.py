@@ -57,10 +57,11 @@ def train_task(model: nn.Module, cfg: Config, task: str, loader: Any, device: to
     from cvmtl.balancers import build_balancer
     from cvmtl.data.loader import batches_per_epoch, set_epoch
     from cvmtl.engine.optim import build_optimizer, build_scheduler
-    from cvmtl.engine.step import make_scaler, train_step
+    from cvmtl.engine.step import train_step
+    from cvmtl.precision import make_scaler, resolve_precision
 
     ft = cfg.finetune
-    tcfg = copy.deepcopy(cfg)
+    tcfg = resolve_precision(cfg, device)  # a copy; train.amp / channels_last: auto -> concrete
     tcfg.tasks = [task]  # losses of this task only
     tcfg.train.lr = ft.lr if ft.lr is not None else cfg.train.lr * 0.1
     tcfg.train.warmup_steps = 0
@@ -71,17 +72,19 @@ def train_task(model: nn.Module, cfg: Config, task: str, loader: Any, device: to
     per_epoch = batches_per_epoch(loader) // accumulate
     total = max(1, ft.epochs * per_epoch)
     scheduler = build_scheduler(optimizer, tcfg.train, total)
-    scaler = make_scaler(tcfg, device)
+    scaler = make_scaler(tcfg.train.amp, device)
     steps = 0
     for epoch in range(ft.epochs):
         set_epoch({"train": loader}, epoch)
         set_modes(model, trainable)
+        micro: list = []
         for i, batch in enumerate(loader):
             if i >= per_epoch * accumulate:
                 break  # a partial accumulation at the epoch end is dropped, as in fit()
-            do_step = (i + 1) % accumulate == 0
-            out = train_step(model, batch, balancer, optimizer, scaler, tcfg, step=do_step)
-            if do_step:
+            micro.append(batch)
+            if len(micro) == accumulate:
+                out = train_step(model, micro, balancer, optimizer, scaler, tcfg)
+                micro = []
                 steps += 0 if out["skipped"] else 1
                 scheduler.step()
     model.eval()

@@ -31,9 +31,12 @@ class TrainState:
 class Run:
     """Everything the loop touches, in one place (no behaviour beyond saving and summarizing)."""
 
-    cfg: Config
+    cfg: Config  # as it runs here: train.amp / channels_last resolved for the device
+    saved_config: dict[str, Any]  # as the user gave it (auto kept): what checkpoints store
     device: torch.device
     model: nn.Module
+    train_model: nn.Module  # the model, or its DistributedDataParallel wrapper
+    step_fn: Any  # cvmtl.engine.step.select_step's choice
     ema: ModelEMA | None
     balancer: Any
     optimizer: torch.optim.Optimizer
@@ -52,8 +55,16 @@ class Run:
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
+    def sync_buffers(self) -> None:
+        """Average the BatchNorm statistics over ranks (they drift apart while training, each
+        rank normalizing its own batch), so that every rank holds the same model."""
+        du.average_buffers(self.model)
+        if self.ema is not None:
+            du.average_buffers(self.ema.module)
+
     def save(self, best: bool = False) -> None:
         """last.pt (and best.pt) from rank 0; every rank waits so that no one races ahead."""
+        self.sync_buffers()  # the checkpoint holds what every rank holds
         if du.is_main_process():
             ckpt = checkpoint_state(self)
             save_checkpoint(ckpt, self.cfg.run_dir / "last.pt")
@@ -97,7 +108,8 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         best=run.best.state_dict(),
         bad_steps=s.bad_steps,
         skipped_steps=s.skipped_steps,
-        config=to_dict(run.cfg),
+        config=run.saved_config,
+        precision={"amp": run.cfg.train.amp, "channels_last": bool(run.cfg.train.channels_last)},
         versions={"cvmtl": cvmtl.__version__, "torch": str(torch.__version__)},
     )
     return ckpt

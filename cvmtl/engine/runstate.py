@@ -26,14 +26,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_amp(amp: str, device: torch.device) -> None:
-    """A clear error for a ``train.amp`` the device cannot run."""
-    if amp != "none" and not torch.amp.autocast_mode.is_autocast_available(device.type):
-        raise ValueError(f"train.amp={amp}: torch has no autocast for {device.type}")
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("train.amp=bf16: this GPU has no bfloat16 support; use fp16")
-
-
 @torch.no_grad()
 def broadcast_module(model: nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every rank (a no-op without DDP)."""

@@ -1,242 +1,183 @@
-"""One training step: forward under autocast, masked float32 losses, balancer, backward, step.
+"""One training step per kind of balancer, chosen once when training is built.
 
-No ``DistributedDataParallel`` wrapper: losses are global means, so after backward one SUM
-all-reduce of the gradients gives exactly the single-process gradient (see
-:mod:`cvmtl.balancers.machinery` for why the wrapper would break per-task gradients).
+- :func:`loss_step`: loss-level balancers. Forward, losses, the balancer's total, backward,
+  optimizer, as in torchvision's references; under DDP the model is wrapped in
+  ``DistributedDataParallel``, whose bucketed all-reduce overlaps the backward pass.
+- :func:`cvmtl.engine.grad_step.gradient_step`: gradient-level balancers (``features`` or
+  ``params`` per-task gradients, exact under DDP without the wrapper: see
+  :mod:`cvmtl.balancers.machinery`).
 
-The returned dict holds tensors (no ``.item()``). Host reads decide the step and are batched:
-the presence test of the losses (in :func:`cvmtl.losses.compute_losses`), then one read of all
-finiteness tests: with an optimizer step and no GradScaler, the losses' test is read together
-with the gradient-norm test at the optimizer step (loss level) or with the per-task gradient test
-before combining (gradient level); otherwise (a micro-batch of an accumulation, fp16) at once.
+A step consumes the ``train.accumulate`` micro-batches of one optimizer update; every task loss
+is a mean over the valid pixels of the whole step on all ranks (:mod:`cvmtl.engine.stepping`),
+so for a loss-level balancer, k micro-batches on N ranks are one batch k * N times as large
+(with BatchNorm, up to its per-micro-batch statistics). The returned dict holds tensors:
+``losses`` (the step's task losses, detached float32 scalars of the present tasks), ``total``,
+``weights`` (``[T]`` in ``balancer.tasks`` order, absent tasks 0), ``grad_norm`` (pre-clip
+global norm or None), ``skipped`` and ``reason`` (naming the task of a non-finite loss or
+gradient, or the fp16 overflow).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from cvmtl.balancers import machinery as mach
-from cvmtl.engine.distributed import get_world_size
-from cvmtl.losses import compute_losses
+from cvmtl.engine.stepping import (
+    Mark,
+    buffers_kept,
+    ddp_sync,
+    finish_step,
+    first_bad,
+    loss_flags,
+    no_mark,
+    prepare_step,
+    skipped,
+    step_losses,
+    unwrap,
+    world_share,
+)
+from cvmtl.precision import make_scaler as _make_scaler
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_context(amp: str, device: torch.device):
-    """``torch.autocast`` for ``train.amp`` (``none`` -> a null context).
-
-    fp16 works on CPU too (torch >= 2.3 autocasts and scales there), but is slower than bf16.
-    """
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp not in _AMP_DTYPES:
-        raise ValueError(f"train.amp: expected none|bf16|fp16, got {amp!r}")
-    return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[amp])
+Step = Callable[..., dict]
 
 
 def make_scaler(cfg, device: torch.device) -> torch.amp.GradScaler:
-    """A GradScaler that is enabled only for ``train.amp=fp16`` (bf16 needs none)."""
-    return torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    """A GradScaler enabled only for ``train.amp=fp16`` (bf16 needs none)."""
+    return _make_scaler(cfg.train.amp, device)
+
+
+def select_step(balancer, cfg) -> Step:
+    """The step function for ``balancer`` (checked once here: a combination of balancer, model
+    and gradient source that cannot be exact raises ValueError)."""
+    if balancer.kind != "gradient":
+        return loss_step
+    mach.check_balancer(balancer, cfg)
+    from cvmtl.engine.grad_step import gradient_step
+
+    return gradient_step
 
 
 def train_step(
     model: nn.Module,
-    batch: dict,
+    batches: dict | list[dict],
     balancer,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     cfg,
     *,
     step: bool = True,
-    mark: Callable[[str], None] | None = None,
+    mark: Mark | None = None,
 ) -> dict:
-    """Forward, losses, balancing and backward for one (micro-)batch; with ``step`` also the
-    optimizer step (all-reduce, unscale, finiteness check, clipping, step, zero_grad, hooks).
+    """One optimizer step on ``batches`` (one batch, or the step's micro-batches).
 
-    Gradients are divided by ``cfg.train.accumulate``; call with ``step=False`` for all but the
-    last micro-batch. Returns ``losses`` ({task: detached float32 scalar}, present tasks only),
-    ``total`` (detached scalar), ``weights`` (detached [T] in ``balancer.tasks`` order, absent
-    tasks 0), ``grad_norm`` (tensor or None: the pre-clip global norm, after a step),
-    ``skipped`` (bool: no update from this batch) and ``reason`` (str or None, naming the task
-    when a loss or a per-task gradient is not finite, or the fp16 overflow).
-
+    ``step=False`` stops before the optimizer step and leaves the gradients in ``.grad``.
     ``mark(phase)``, when given, is called as each phase ends (``forward``, ``losses``,
-    ``balancer``, ``backward``, ``optimizer``; see :mod:`cvmtl.bench.phases`), so the benchmark
-    times this very function rather than a copy of it.
+    ``balancer``, ``backward``, ``optimizer``; see :mod:`cvmtl.bench.phases`).
     """
-    mark = mark or _no_mark
-    device = next(model.parameters()).device
-    image = batch["image"].to(device, non_blocking=True)
-    if cfg.train.channels_last and image.dim() == 4:
-        image = image.contiguous(memory_format=torch.channels_last)
-    autocast = autocast_context(cfg.train.amp, device)
-    use_scaler = scaler is not None and scaler.is_enabled()
-    # mult = loss scale / accumulation; a tensor, so reading the scale costs no host sync.
-    one = torch.ones((), device=device)
-    mult = (scaler.scale(one) if use_scaler else one) / cfg.train.accumulate
-    tasks = list(balancer.tasks)
-    gradient = balancer.kind == "gradient"
-    if gradient:
-        mach.check_balancer(balancer, cfg)
-    features = gradient and cfg.loss.grad_source == "features"
+    micro = [batches] if isinstance(batches, dict) else list(batches)
+    fn = select_step(balancer, cfg)
+    return fn(model, micro, balancer, optimizer, scaler, cfg, step=step, mark=mark or no_mark)
 
-    if features:
-        z, zd, preds = mach.features_forward(model, image, autocast)
-    else:
-        with autocast:
-            preds = model(image)
-    mark("forward")
-    losses = compute_losses(preds, batch, cfg)
-    out = {"losses": {t: v.detach() for t, v in losses.items()}, "grad_norm": None}
-    out.update(skipped=False, reason=None)
 
-    if not losses:
-        return _skip(out, "no labeled task", optimizer, step, len(tasks), device)
-    names = list(losses)
-    loss_ok: torch.Tensor | None = torch.isfinite(
-        torch.stack([v.detach() for v in losses.values()])
-    )
-    if not step or use_scaler:
-        # A bad micro-batch is left out of its accumulation, so it must be known now; with
-        # fp16 the scaler must not back off for a bad loss. Otherwise the test is deferred.
-        bad = _bad(names, loss_ok.tolist())
-        if bad:
-            return _skip(out, f"non-finite loss: {bad}", optimizer, step, len(tasks), device)
-        loss_ok = None
-    mark("losses")
-
-    reduced: set[int] = set()  # parameters whose .grad is already global
-    task_losses = None
-    if not gradient:
-        total = balancer(losses)
-        reg = model.regularization()
-        mark("balancer")
-        # R(theta) is identical on every rank; the SUM all-reduce would count it world times.
-        ((total + reg / get_world_size()) * mult).backward()
-        mark("backward")
-        out["total"] = (total + reg).detach()
-        out["weights"] = balancer.last_weights
-    else:
-        if features:
-            active, grads = mach.features_task_grads(model, zd, losses, tasks, mult)
-            gram = mach.feature_gram(grads)  # global under DDP: the finiteness test agrees
-            row_ok = torch.isfinite(gram.diagonal())
-        else:
-            active, shared, grads = mach.params_task_grads(model, losses, tasks, mult)
-            mach.all_reduce_coalesced([grads])
-            reduced = {id(p) for p in shared}
-            row_ok = torch.isfinite(grads).all(dim=1)
-        # one host read for the rows and the deferred loss test: the balancer must not see NaN
-        flags = (row_ok if loss_ok is None else torch.cat([row_ok, loss_ok])).tolist()
-        bad = _bad(names, flags[len(active) :])
-        if bad:
-            return _skip(out, f"non-finite loss: {bad}", optimizer, step, len(tasks), device)
-        loss_ok = None
-        bad_rows = [r for r, ok in enumerate(flags[: len(active)]) if not ok]
-        task_losses = torch.stack([losses[tasks[i]].detach() for i in active])
-        if bad_rows:
-            which = ", ".join(tasks[active[r]] for r in bad_rows)
-            why = f"non-finite gradient: {which}"
-            out["reason"] = f"fp16 overflow ({why})" if use_scaler else why
-            mach.poison_grads(model.parameters())  # the step below is skipped as for overflow
-        elif features:
-            combined = mach.combine_features(balancer, grads, gram, task_losses, active)
+def loss_step(
+    model: nn.Module,
+    micro: list[dict],
+    balancer,
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    cfg,
+    *,
+    step: bool = True,
+    mark: Mark = no_mark,
+) -> dict:
+    """The loss-level step (see the module docstring)."""
+    inputs = prepare_step(micro, model, scaler, cfg)
+    net, tasks, k = unwrap(model), list(balancer.tasks), inputs.k
+    out: dict = {"losses": {}, "grad_norm": None, "skipped": False, "reason": None}
+    totals, flags, names, total_sum = out["losses"], [], [], 0.0
+    for j in range(k):
+        if not inputs.present[j]:
+            continue
+        with ddp_sync(model, last=j == k - 1):
+            with inputs.autocast:
+                preds = model(inputs.image(micro[j]))
+            mark("forward")
+            losses = inputs.losses(preds, j, cfg, every_task=balancer.linear_in_losses)
+            names += list(losses)
+            flags.append(loss_flags(losses))
+            # with fp16 the scaler must not back off for a bad loss: test it now
+            bad = first_bad(list(losses), flags[-1].tolist()) if inputs.use_scaler else ""
+            if bad:
+                reason = f"non-finite loss: {bad}"
+                return skipped(out, reason, optimizer, step, len(tasks), inputs.device)
+            mark("losses")
+            total = balancer(losses)
             mark("balancer")
-            z.backward((combined * mult).view_as(z).to(z.dtype))
-        else:
-            combined, _ = balancer.combine(grads, task_losses, active)
-            mach.write_shared_grad(shared, combined * mult)
-            mark("balancer")  # in params mode the per-task backward passes are the balancer's
-        mark("backward")
-        # a skipped combination reports zero weights, not the previous step's
-        weights = torch.zeros(len(tasks), device=device) if bad_rows else balancer.last_weights
-        out["weights"] = weights
-        out["total"] = (weights.to(device)[active] * task_losses).sum()
+            objective = total + world_share(net.regularization()) + _touch_absent(model, preds)
+            (objective * inputs.mult).backward()
+            mark("backward")
+        step_losses(totals, losses, k)
+        total_sum = total_sum + total.detach() / k
+    if not totals:
+        return skipped(out, "no labeled task", optimizer, step, len(tasks), inputs.device)
+    _clear_absent(net, cfg, set(tasks) - set(totals))
+    if k > 1:
+        _balancer_grads_at(balancer, totals, inputs.mult)
+    out.update(total=total_sum + net.regularization().detach(), weights=balancer.last_weights)
     if not step:
-        out["skipped"] = out["reason"] is not None
         return out
-
-    found_inf, losses_ok = _optimizer_step(model, optimizer, scaler, cfg, reduced, out, loss_ok)
+    deferred = None if inputs.use_scaler else (names, torch.cat(flags))
+    reason = finish_step(model, optimizer, scaler, cfg, set(), out, deferred)
     mark("optimizer")
-    bad = _bad(names, losses_ok)
-    if bad:  # the deferred loss test failed: nothing was applied
-        return _skip(out, f"non-finite loss: {bad}", optimizer, False, len(tasks), device)
-    if found_inf:
-        out["skipped"] = True
-        out["reason"] = out["reason"] or (
-            "fp16 overflow (non-finite gradient)" if use_scaler else "non-finite gradient"
-        )
+    if reason is not None:
+        if reason.startswith("non-finite loss"):
+            return skipped(out, reason, optimizer, False, len(tasks), inputs.device)
+        out.update(skipped=True, reason=reason)
         return out
-    _after_step(model, image, batch, balancer, cfg, autocast, losses, task_losses)
+    _after_step(net, inputs, balancer, cfg, totals)
     mark("balancer")  # the after-step hooks belong to the balancer
     return out
 
 
-def _no_mark(phase: str) -> None:
-    """The default phase hook: training does not time its phases."""
+def _touch_absent(model: nn.Module, preds: dict) -> torch.Tensor | float:
+    """Under DDP every parameter must take part in each backward; a zero term reaches the heads
+    of tasks without a loss (their gradients are dropped again by :func:`_clear_absent`)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return sum(0.0 * p.float().sum() for p in preds.values())
+    return 0.0
 
 
-def _optimizer_step(
-    model, optimizer, scaler, cfg, reduced: set[int], out: dict, loss_ok=None
-) -> tuple[bool, list[bool]]:
-    """All-reduce, unscale, check, clip, step, zero_grad; returns whether the step was skipped
-    and the deferred loss test ``loss_ok`` (a bool tensor, or None: nothing deferred) as a list.
-
-    One host read: the finiteness of the global gradient norm, with ``loss_ok`` appended.
-    """
-    use_scaler = scaler is not None and scaler.is_enabled()
-    # Balancer parameters (UW's s_t) are left out: they see the global loss values on every rank,
-    # so their gradients are already identical everywhere.
-    mach.all_reduce_coalesced(
-        [p.grad for p in model.parameters() if p.grad is not None and id(p) not in reduced]
-    )
-    if use_scaler:
-        scaler.unscale_(optimizer)
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else None
-    checks = [] if norm is None else [torch.isfinite(norm).view(1)]
-    checks += [] if loss_ok is None else [loss_ok]
-    flags = torch.cat(checks).tolist() if checks else []
-    losses_ok = flags[1:] if norm is not None else flags
-    found_inf = (norm is not None and not flags[0]) or not all(losses_ok)
-    if cfg.train.grad_clip > 0 and params and not found_inf:
-        torch.nn.utils.clip_grads_with_norm_(params, cfg.train.grad_clip, norm)
-    if use_scaler:
-        scaler.step(optimizer)  # skips the update itself when unscale_ found an inf
-        scaler.update()
-    elif not found_inf:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    out["grad_norm"] = norm
-    return found_inf, losses_ok
+def _clear_absent(net: nn.Module, cfg, absent: set[str]) -> None:
+    """A task without a label in the whole step gets no gradient at all (``None``, so the
+    optimizer leaves its head alone), as on a single process."""
+    if cfg.model.sharing != "hard":
+        return  # soft sharing: R(theta) reaches every branch; its heads keep their zeros
+    for task in absent:
+        for p in net.task_parameters(task):
+            p.grad = None
 
 
-def _after_step(model, image, batch, balancer, cfg, autocast, losses, task_losses) -> None:
-    if balancer.kind == "gradient":
-        balancer.after_step(task_losses)
+def _balancer_grads_at(balancer, losses: dict, mult: torch.Tensor) -> None:
+    """The balancer's own parameters (UW's s_t) get their gradient at the step's losses: each
+    micro-batch gave them one at its own, and their terms (``+ s_t``) are not pixel means."""
+    params = [p for p in balancer.parameters() if p.requires_grad]
+    if not params:
         return
+    for p in params:
+        p.grad = None
+    (balancer({t: v.detach() for t, v in losses.items()}) * mult).backward(inputs=params)
+
+
+def _after_step(net: nn.Module, inputs, balancer, cfg, totals: dict) -> None:
     if getattr(balancer, "needs_post_step_losses", False):
-        # FAMO's update compares the losses of the same batch before and after the step; the
-        # official trainer recomputes them with a second forward pass (train mode), as here.
-        with torch.no_grad(), autocast:
-            preds = model(image)
-        losses = compute_losses(preds, batch, cfg)
-    balancer.after_step({t: v.detach() for t, v in losses.items()})
-
-
-def _bad(names: list[str], ok: list[bool]) -> str:
-    """The names whose flag is False, comma-separated ("" when all are good)."""
-    return ", ".join(t for t, good in zip(names, ok) if not good)
-
-
-def _skip(out: dict, reason: str, optimizer, step: bool, num_tasks: int, device) -> dict:
-    out.update(skipped=True, reason=reason, total=torch.zeros((), device=device))
-    out["weights"] = torch.zeros(num_tasks, device=device)
-    out["grad_norm"] = None
-    if step:  # never apply a partial accumulation around a bad micro-batch
-        optimizer.zero_grad(set_to_none=True)
-    return out
+        # FAMO compares the losses of the same batch before and after the step; the official
+        # trainer recomputes them with a second forward pass in train mode, as here (on the
+        # step's last micro-batch), without letting it move the BatchNorm statistics again.
+        j = max(i for i, p in enumerate(inputs.present) if p)
+        with torch.no_grad(), buffers_kept(net), inputs.autocast:
+            preds = net(inputs.image(inputs.batches[j]))
+        totals = inputs.losses(preds, j, cfg)
+    balancer.after_step({t: v.detach() for t, v in totals.items()})

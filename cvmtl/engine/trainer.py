@@ -32,11 +32,11 @@ from cvmtl.engine.runstate import (
     BufferGuard,
     base_lr,
     broadcast_module,
-    check_amp,
     compile_children,
     seed_everything,
     stop_agreed,
 )
+from cvmtl.precision import describe_precision, make_scaler, resolve_precision
 
 
 def fit(cfg: Config, *, resume: bool | str | Path | None = None) -> dict[str, Any]:
@@ -51,28 +51,29 @@ def fit(cfg: Config, *, resume: bool | str | Path | None = None) -> dict[str, An
     # The process group stays up after fit (a caller may train again, e.g. the baselines);
     # tools/train.py tears it down.
     distributed, device = du.init_distributed(cfg.train.device)
-    return _fit(cfg, resume, distributed, device)
+    run = build_run(cfg, resume, distributed, device)
+    try:
+        return _loop(run)
+    finally:
+        run.stop.restore()
+        run.logger.close()
 
 
-def _fit(cfg: Config, resume: Any, distributed: bool, device: torch.device) -> dict[str, Any]:
+def build_run(cfg: Config, resume: Any, distributed: bool, device: torch.device) -> Run:
+    """Everything a run needs, restored from its checkpoint when resuming."""
     # Imported here: they pull in timm / albumentations, and the modules stay importable alone.
     from cvmtl.balancers import build_balancer
     from cvmtl.data.loader import batches_per_epoch, build_loaders
+    from cvmtl.engine.step import select_step
     from cvmtl.models.build import build_model
 
-    main = du.is_main_process()
-    run_dir = cfg.run_dir
-    check_amp(cfg.train.amp, device)
+    user_cfg, cfg = cfg, resolve_precision(cfg, device)  # auto -> what this device runs best
     if cfg.model.norm == "syncbn" and distributed and device.type != "cuda":
         raise ValueError(
             "model.norm=syncbn needs CUDA: torch's SyncBatchNorm does not run on CPU (gloo); "
             "use model.norm=gn (exact under DDP) or bn"
         )
-    ckpt = None
-    if resume:
-        path = run_dir / "last.pt" if resume is True else Path(resume)
-        ckpt = load_checkpoint(path / "last.pt" if path.is_dir() else path)
-
+    ckpt = _read_checkpoint(cfg, resume)
     seed_everything(cfg.train.seed)
     loaders = build_loaders(cfg, distributed)
     model = build_model(cfg).to(device)
@@ -82,91 +83,134 @@ def _fit(cfg: Config, resume: Any, distributed: bool, device: torch.device) -> d
     balancer = build_balancer(cfg.loss.balancer, cfg.tasks, **cfg.loss.balancer_args)
     if isinstance(balancer, nn.Module):
         balancer.to(device)
+    step_fn = select_step(balancer, cfg)  # refuses a combination that cannot be exact
     ema = ModelEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
     optimizer = build_optimizer(model, cfg.train, extra=balancer.parameters())
-
-    accumulate = cfg.train.accumulate
-    steps_per_epoch = batches_per_epoch(loaders["train"]) // accumulate
+    steps_per_epoch = batches_per_epoch(loaders["train"]) // cfg.train.accumulate
     if steps_per_epoch == 0:
         raise ValueError(
             f"the train split gives {len(loaders['train'])} batches per epoch, fewer than "
-            f"train.accumulate={accumulate}: use a smaller batch_size or accumulate"
+            f"train.accumulate={cfg.train.accumulate}: use a smaller batch_size or accumulate"
         )
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    best = BestTracker(cfg.train.best_metric, cfg.tasks, run_dir, cfg.data.val_split)
+    scaler = make_scaler(cfg.train.amp, device)
+    best = BestTracker(cfg.train.best_metric, cfg.tasks, cfg.run_dir, cfg.data.val_split)
     state = TrainState()
     if ckpt is not None:
         restore_state(ckpt, state, model, ema, optimizer, scheduler, scaler, balancer, best)
     if cfg.train.compile:
         compile_children(model)  # in place: state_dict names stay those of the plain model
-
-    logger = RunLogger(run_dir, main, resume_step=state.step if ckpt is not None else None)
-    if main:
-        if ckpt is None and (run_dir / "last.pt").is_file():
-            logger.info(f"warning: {run_dir} holds an earlier run; starting over (see --resume)")
-            (run_dir / "best.pt").unlink(missing_ok=True)  # a stale best.pt would be tested
-        save_config(cfg, run_dir / "config.yaml")
-    if ckpt is not None:
-        changed = config_changes(ckpt.get("config", {}), to_dict(cfg))
-        logger.info(
-            f"resuming {run_dir} at step {state.step} (epoch {state.epoch}, "
-            f"batch {state.batch}){'; config changes: ' + changed if changed else ''}"
-        )
-    if best.note:
-        logger.info("warning: " + best.note)
-    if getattr(model, "init_skipped", None):
-        logger.info(f"init_from: kept fresh weights for {len(model.init_skipped)} tensors")
-
     run = Run(
         cfg=cfg,
+        saved_config=to_dict(user_cfg),
         device=device,
         model=model,
+        train_model=_wrap_ddp(model, balancer, device) if distributed else model,
+        step_fn=step_fn,
         ema=ema,
         balancer=balancer,
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=scaler,
         loaders=loaders,
-        logger=logger,
+        logger=RunLogger(cfg.run_dir, du.is_main_process(), state.step if ckpt else None),
         best=best,
         state=state,
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
     )
-    val_results = test_results = None
-    try:
-        logger.start_progress(total_steps, initial=state.step)
-        while state.step < total_steps:
-            finished_epoch = train_one_epoch(run)
-            if run.stop.requested and not finished_epoch:
-                run.save()
-                logger.info(
-                    f"stopped by signal {run.stop.signum} at step {state.step}; "
-                    f"last.pt saved (continue with --resume)"
-                )
-                return run.summary(val_results, test_results, interrupted=run.stop.signum)
-            epoch_done = state.epoch
-            if finished_epoch:
-                balancer.epoch_end()
-                state.epoch, state.batch = state.epoch + 1, 0
-            done = state.step >= total_steps
-            every = cfg.train.eval_every
-            is_best = False
-            has_val = loaders.get("val") is not None
-            if has_val and every > 0 and ((finished_epoch and state.epoch % every == 0) or done):
-                val_results, is_best = validate(run, epoch_done)
-            run.save(best=is_best)
-            if stop_agreed(run.stop, run.device):
-                logger.info(f"stopped by signal {run.stop.signum} at step {state.step}")
-                return run.summary(val_results, test_results, interrupted=run.stop.signum)
-        logger.close_progress()
-        test_results = test(run)
-        return run.summary(val_results, test_results, interrupted=None)
-    finally:
-        run.stop.restore()
-        logger.close()
+    _announce(run, user_cfg, ckpt)
+    return run
+
+
+def _read_checkpoint(cfg: Config, resume: Any) -> dict | None:
+    """The checkpoint to resume from, read by rank 0 and sent to every rank: the nodes of a
+    multi-node run need no shared disk for it."""
+    if not resume:
+        return None
+    path = cfg.run_dir / "last.pt" if resume is True else Path(resume)
+    ckpt = (
+        load_checkpoint(path / "last.pt" if path.is_dir() else path)
+        if du.is_main_process()
+        else None
+    )
+    return du.broadcast_object(ckpt)
+
+
+def _wrap_ddp(model: nn.Module, balancer, device: torch.device) -> nn.Module:
+    """Loss-level balancers train through ``DistributedDataParallel`` (its bucketed all-reduce
+    overlaps the backward pass); gradient-level ones reduce what they need themselves."""
+    if balancer.kind == "gradient":
+        return model
+    ddp = nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        # BatchNorm statistics stay per rank while training and are averaged before every
+        # evaluation and save (Run.sync_buffers), instead of being overwritten by rank 0's.
+        broadcast_buffers=False,
+    )
+    # Losses are global means, so the gradients SUM over ranks (DDP's default averages).
+    ddp.register_comm_hook(None, du.sum_allreduce_hook)
+    return ddp
+
+
+def _announce(run: Run, user_cfg: Config, ckpt: dict | None) -> None:
+    """Write config.yaml and log what this run is: precision, resume, warnings."""
+    logger, run_dir = run.logger, run.cfg.run_dir
+    if du.is_main_process():
+        if ckpt is None and (run_dir / "last.pt").is_file():
+            logger.info(f"warning: {run_dir} holds an earlier run; starting over (see --resume)")
+            (run_dir / "best.pt").unlink(missing_ok=True)  # a stale best.pt would be tested
+        save_config(user_cfg, run_dir / "config.yaml")
+    logger.info("precision: " + describe_precision(user_cfg, run.device))
+    if ckpt is not None:
+        changed = config_changes(ckpt.get("config", {}), run.saved_config)
+        logger.info(
+            f"resuming {run_dir} at step {run.state.step} (epoch {run.state.epoch}, "
+            f"batch {run.state.batch}){'; config changes: ' + changed if changed else ''}"
+        )
+    if run.best.note:
+        logger.info("warning: " + run.best.note)
+    if getattr(run.model, "init_skipped", None):
+        logger.info(f"init_from: kept fresh weights for {len(run.model.init_skipped)} tensors")
+
+
+def _loop(run: Run) -> dict[str, Any]:
+    """Epochs until ``total_steps``: train, validate, save; then test best.pt."""
+    state, logger = run.state, run.logger
+    val_results = None
+    logger.start_progress(run.total_steps, initial=state.step)
+    while state.step < run.total_steps:
+        finished_epoch = train_one_epoch(run)
+        if run.stop.requested and not finished_epoch:
+            run.save()
+            logger.info(
+                f"stopped by signal {run.stop.signum} at step {state.step}; "
+                f"last.pt saved (continue with --resume)"
+            )
+            return run.summary(val_results, None, interrupted=run.stop.signum)
+        epoch_done = state.epoch
+        if finished_epoch:
+            run.balancer.epoch_end()
+            state.epoch, state.batch = state.epoch + 1, 0
+        is_best = False
+        if _validation_due(run, finished_epoch):
+            val_results, is_best = validate(run, epoch_done)
+        run.save(best=is_best)
+        if stop_agreed(run.stop, run.device):
+            logger.info(f"stopped by signal {run.stop.signum} at step {state.step}")
+            return run.summary(val_results, None, interrupted=run.stop.signum)
+    logger.close_progress()
+    return run.summary(val_results, test(run), interrupted=None)
+
+
+def _validation_due(run: Run, finished_epoch: bool) -> bool:
+    every = run.cfg.train.eval_every
+    if run.loaders.get("val") is None or every <= 0:
+        return False
+    done = run.state.step >= run.total_steps
+    return (finished_epoch and run.state.epoch % every == 0) or done
 
 
 def train_one_epoch(run: Run) -> bool:
@@ -175,7 +219,6 @@ def train_one_epoch(run: Run) -> bool:
     Returns True when the epoch's last step was taken.
     """
     from cvmtl.data.loader import set_epoch
-    from cvmtl.engine.step import train_step
 
     cfg, state, logger = run.cfg, run.state, run.logger
     accumulate, log_every = cfg.train.accumulate, max(1, cfg.train.log_every)
@@ -184,32 +227,19 @@ def train_one_epoch(run: Run) -> bool:
     set_epoch({"train": loader}, state.epoch, state.batch)
     with preserved_rng():  # a loader without its own generator seeds workers from the global RNG
         batches = iter(loader)
-    model, balancer, optimizer = run.model, run.balancer, run.optimizer
-    model.train()
+    run.train_model.train()
     window = LossWindow()
     buffers = BufferGuard(run.model)
     while state.batch < per_epoch:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            raise RuntimeError(
-                f"the train loader ended after {state.batch} of {per_epoch} batches"
-            ) from None
-        except Exception:
-            if run.stop.requested:  # Ctrl-C also reaches the workers; stop at this boundary
-                return False
-            raise
-        state.batch += 1
-        do_step = state.batch % accumulate == 0
+        micro = _next_micro_batches(run, batches, accumulate, per_epoch)
+        if micro is None:
+            return False  # stopped by a signal while the loader was interrupted
+        state.batch += accumulate
         buffers.snapshot()
-        out = train_step(model, batch, balancer, optimizer, run.scaler, cfg, step=do_step)
-        window.images += batch["image"].shape[0] * run.world
+        out = run.step_fn(run.train_model, micro, run.balancer, run.optimizer, run.scaler, cfg)
+        window.images += sum(b["image"].shape[0] for b in micro) * run.world
         if out["skipped"] and "fp16 overflow" not in (out["reason"] or ""):
             buffers.restore()  # a NaN batch must not leave its BatchNorm statistics behind
-        if not do_step:
-            if out["skipped"]:
-                logger.info(f"step {state.step + 1}: a micro-batch was left out ({out['reason']})")
-            continue
         state.step += 1
         with warnings.catch_warnings():
             # a skipped step (e.g. an fp16 overflow) still advances the schedule; torch warns
@@ -223,7 +253,7 @@ def train_one_epoch(run: Run) -> bool:
             state.bad_steps = 0
             window.add(out["losses"])
             if run.ema is not None:
-                run.ema.update(model)
+                run.ema.update(run.model)
         if state.step % log_every == 0 or state.step == run.total_steps:
             _log_train(run, window, out)
             window = LossWindow()
@@ -233,6 +263,24 @@ def train_one_epoch(run: Run) -> bool:
         if stop_agreed(run.stop, run.device) or state.step >= run.total_steps:
             break
     return state.batch >= per_epoch
+
+
+def _next_micro_batches(run: Run, batches, accumulate: int, per_epoch: int) -> list | None:
+    """The next optimizer step's ``accumulate`` batches (None: a signal interrupted the loader)."""
+    micro = []
+    for _ in range(accumulate):
+        try:
+            micro.append(next(batches))
+        except StopIteration:
+            raise RuntimeError(
+                f"the train loader ended after {run.state.batch + len(micro)} of {per_epoch} "
+                "batches"
+            ) from None
+        except Exception:
+            if run.stop.requested:  # Ctrl-C also reaches the workers; stop at this boundary
+                return None
+            raise
+    return micro
 
 
 class TrainingAborted(RuntimeError):
@@ -271,6 +319,7 @@ def validate(run: Run, epoch: int) -> tuple[dict, bool]:
     from cvmtl.engine.evaluator import evaluate
 
     cfg, state = run.cfg, run.state
+    run.sync_buffers()  # every rank evaluates (and then saves) the same model
     samples: list = []
     num_vis = cfg.train.num_vis if du.is_main_process() else 0
     with preserved_rng():  # evaluation must not move the training random streams
@@ -302,12 +351,16 @@ def test(run: Run) -> dict | None:
     loader = run.loaders.get("test")
     if loader is None:
         return None
-    best_path = run.cfg.run_dir / "best.pt"
     model = run.eval_model
-    which = "final weights"
-    if best_path.is_file():
-        model.load_state_dict(load_checkpoint(best_path)["model"])
-        which = "best.pt"
+    # Rank 0 reads best.pt and sends the weights: every rank tests the same model, and the
+    # nodes of a multi-node run need no shared disk.
+    best_path = run.cfg.run_dir / "best.pt"
+    found = du.broadcast_object(du.is_main_process() and best_path.is_file())
+    if found:
+        if du.is_main_process():
+            model.load_state_dict(load_checkpoint(best_path)["model"])
+        broadcast_module(model)
+    which = "best.pt" if found else "final weights"
     with preserved_rng():
         results = evaluate(model, loader, run.cfg.tasks, run.cfg, device=run.device)
     values = flat_metrics(results)

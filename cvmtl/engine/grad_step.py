@@ -1,0 +1,141 @@
+"""The gradient-level step: per-task gradients, the balancer's combination, one update.
+
+``loss.grad_source=features``: T cheap backward passes through the heads give each task's gradient
+w.r.t. the shared FPN map; the balancer combines them (from their Gram matrix, global under DDP)
+and the combination goes through backbone + FPN once. ``params``: one backward pass per task
+through the whole network gives the gradients w.r.t. the shared parameters (all-reduced before
+combining). Head parameters always receive their own task's gradient.
+
+With ``train.accumulate = k`` each micro-batch is balanced on its own: the balancer sees its
+per-task gradients and losses at the scale of the step (k times its share, see
+:meth:`cvmtl.engine.stepping.StepInputs.losses`), and the update is the mean of the k combined
+gradients (for fixed weights: exactly the big batch's). Stateful methods advance per
+micro-batch; ``after_step`` sees the step's losses once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cvmtl.balancers import machinery as mach
+from cvmtl.engine.stepping import (
+    Mark,
+    StepInputs,
+    finish_step,
+    first_bad,
+    loss_flags,
+    no_mark,
+    prepare_step,
+    skipped,
+    step_losses,
+)
+
+
+def gradient_step(
+    model: nn.Module,
+    micro: list[dict],
+    balancer,
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    cfg,
+    *,
+    step: bool = True,
+    mark: Mark = no_mark,
+) -> dict:
+    """One optimizer step of a gradient-level balancer (see the module docstring)."""
+    inputs = prepare_step(micro, model, scaler, cfg)
+    tasks = list(balancer.tasks)
+    out: dict = {"losses": {}, "grad_norm": None, "skipped": False, "reason": None}
+    reduced: set[int] = set()
+    weights_sum = torch.zeros(len(tasks), device=inputs.device)
+    total = torch.zeros((), device=inputs.device)
+    for j in range(inputs.k):
+        if not inputs.present[j]:
+            continue
+        part = _micro_step(model, inputs, j, balancer, cfg, mark)
+        if part["bad_loss"]:
+            reason = f"non-finite loss: {part['bad_loss']}"
+            return skipped(out, reason, optimizer, step, len(tasks), inputs.device)
+        reduced |= part["reduced"]
+        if part["reason"]:  # the step is skipped, as for an overflow (see poison_grads)
+            why = part["reason"]
+            out["reason"] = f"fp16 overflow ({why})" if inputs.use_scaler else why
+            break
+        step_losses(out["losses"], part["losses"], inputs.k)
+        weights_sum += part["weights"] / inputs.k
+        total += part["total"] / inputs.k
+    if not out["losses"] and out["reason"] is None:
+        return skipped(out, "no labeled task", optimizer, step, len(tasks), inputs.device)
+    bad = out["reason"] is not None
+    out["weights"] = torch.zeros(len(tasks), device=inputs.device) if bad else weights_sum
+    out["total"] = total
+    if not step:
+        out["skipped"] = bad
+        return out
+    reason = finish_step(model, optimizer, scaler, cfg, reduced, out)
+    mark("optimizer")
+    if reason is not None or bad:
+        out.update(skipped=True, reason=out["reason"] or reason)
+        return out
+    active = [i for i, t in enumerate(tasks) if t in out["losses"]]
+    balancer.after_step(torch.stack([out["losses"][tasks[i]] for i in active]))
+    mark("balancer")
+    return out
+
+
+def _micro_step(model, inputs: StepInputs, j: int, balancer, cfg, mark: Mark) -> dict:
+    """Forward, losses, per-task gradients and their combination for micro-batch ``j``."""
+    tasks, k = list(balancer.tasks), inputs.k
+    features = cfg.loss.grad_source == "features"
+    image = inputs.image(inputs.batches[j])
+    if features:
+        z, zd, preds = mach.features_forward(model, image, inputs.autocast)
+    else:
+        with inputs.autocast:
+            preds = model(image)
+    mark("forward")
+    losses = inputs.losses(preds, j, cfg)
+    names = list(losses)
+    flags = loss_flags(losses)
+    mark("losses")
+    reduced: set[int] = set()
+    if features:
+        active, grads = mach.features_task_grads(model, zd, losses, tasks, inputs.mult)
+        gram = mach.feature_gram(grads)  # global under DDP: the finiteness test agrees
+        row_ok = torch.isfinite(gram.diagonal())
+    else:
+        active, shared, grads = mach.params_task_grads(model, losses, tasks, inputs.mult)
+        mach.all_reduce_coalesced([grads])
+        reduced = {id(p) for p in shared}
+        row_ok = torch.isfinite(grads).all(dim=1)
+    # one host read for the rows and the losses: the balancer must not see NaN
+    ok = torch.cat([row_ok, flags]).tolist()
+    part = {"bad_loss": first_bad(names, ok[len(active) :]), "reduced": reduced, "reason": None}
+    bad_rows = [tasks[active[r]] for r, good in enumerate(ok[: len(active)]) if not good]
+    task_losses = torch.stack([losses[tasks[i]].detach() for i in active])
+    if part["bad_loss"]:
+        return part
+    if bad_rows:
+        part["reason"] = "non-finite gradient: " + ", ".join(bad_rows)
+        mach.poison_grads(model.parameters())  # the optimizer step below is then skipped
+        return part
+    # the balancer sees the micro-batch's gradients at the step's scale (k times its share)
+    if features:
+        combined = mach.combine_features(
+            balancer, _scaled(grads, k), _scaled(gram, k * k), task_losses, active
+        )
+        mark("balancer")
+        z.backward((combined * (inputs.mult / k)).view_as(z).to(z.dtype))
+    else:
+        combined, _ = balancer.combine(_scaled(grads, k), task_losses, active)
+        mach.write_shared_grad(shared, combined * (inputs.mult / k))
+        mark("balancer")
+    mark("backward")
+    weights = balancer.last_weights.to(inputs.device)
+    part.update(losses=losses, weights=weights, total=(weights[active] * task_losses).sum())
+    return part
+
+
+def _scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
+    return x if factor == 1 else x * factor

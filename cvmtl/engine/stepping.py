@@ -1,0 +1,203 @@
+"""What every kind of training step shares: its inputs and its optimizer step.
+
+A step consumes the ``train.accumulate`` micro-batches of one optimizer update. Before any forward
+pass, :func:`prepare_step` adds up the loss denominators (valid pixels per task) of all of them
+on all ranks, in one all-reduce and one host read: every task loss of the step is then a mean
+over the pixels of the whole step, exactly as for one k-times bigger batch on one process.
+
+:func:`finish_step` is the single optimizer step: all-reduce what is not reduced yet, unscale,
+the finiteness test (one host read, with the deferred loss test), clipping, step, zero_grad.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cvmtl.balancers import machinery as mach
+from cvmtl.engine.distributed import all_reduce_sum, get_world_size
+from cvmtl.losses import compute_losses, pixel_counts
+from cvmtl.precision import autocast_context
+
+Mark = Callable[[str], None]
+
+
+def no_mark(phase: str) -> None:
+    """The default phase hook: training does not time its phases."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@dataclass
+class StepInputs:
+    """The step's micro-batches with their global loss denominators.
+
+    ``present[j]``: the tasks with a valid pixel in micro-batch ``j`` on some rank (they agree
+    on all ranks); ``denominators``: ``{task: global count over the step}`` of the tasks present
+    in any micro-batch. ``mult`` is the GradScaler's scale (a tensor: reading it costs no sync).
+    """
+
+    batches: list[dict]
+    present: list[list[str]]
+    denominators: dict[str, torch.Tensor]
+    device: torch.device
+    mult: torch.Tensor
+    use_scaler: bool
+    autocast: contextlib.AbstractContextManager
+    channels_last: bool
+
+    @property
+    def k(self) -> int:
+        return len(self.batches)
+
+    def image(self, batch: dict) -> torch.Tensor:
+        image = batch["image"].to(self.device, non_blocking=True)
+        if self.channels_last and image.dim() == 4:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image
+
+    def losses(self, preds: dict, j: int, cfg, every_task: bool = False) -> dict[str, torch.Tensor]:
+        """Micro-batch ``j``'s task losses: each carries the gradient of its share of the step
+        loss (local sum / global step count); its value is k times that share, the micro-batch's
+        estimate of the step loss, so that balancers see losses at the scale of the step.
+        ``every_task``: all tasks of the step, not only those present in micro-batch ``j``."""
+        names = self.denominators if every_task else self.present[j]
+        denominators = {t: self.denominators[t] for t in names}
+        losses = compute_losses(preds, self.batches[j], cfg, denominators)
+        if self.k == 1:
+            return losses
+        return {t: v + ((self.k - 1) * v).detach() for t, v in losses.items()}
+
+
+def prepare_step(micro: list[dict], model: nn.Module, scaler, cfg) -> StepInputs:
+    """The :class:`StepInputs` of ``micro`` (one all-reduce, one host read)."""
+    device = next(unwrap(model).parameters()).device
+    counts = torch.stack([pixel_counts(b, cfg, device) for b in micro])  # [k, T]
+    all_reduce_sum(counts)
+    flags = (counts > 0).tolist()
+    present = [[t for t, ok in zip(cfg.tasks, row) if ok] for row in flags]
+    total = counts.sum(dim=0)
+    seen = {t for row in present for t in row}
+    denominators = {t: total[i] for i, t in enumerate(cfg.tasks) if t in seen}
+    use_scaler = scaler is not None and scaler.is_enabled()
+    one = torch.ones((), device=device)
+    return StepInputs(
+        batches=micro,
+        present=present,
+        denominators=denominators,
+        device=device,
+        mult=scaler.scale(one) if use_scaler else one,
+        use_scaler=use_scaler,
+        autocast=autocast_context(cfg.train.amp, device),
+        channels_last=bool(cfg.train.channels_last),
+    )
+
+
+def ddp_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """DDP reduces gradients on the step's last micro-batch only (``no_sync`` before it)."""
+    if isinstance(model, DistributedDataParallel) and not last:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def loss_flags(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Finiteness of each loss (a bool tensor; read later, with the gradient-norm test)."""
+    return torch.isfinite(torch.stack([v.detach() for v in losses.values()]))
+
+
+def step_losses(totals: dict[str, torch.Tensor], losses: dict[str, torch.Tensor], k: int) -> None:
+    """Add micro-batch losses (at step scale, see :meth:`StepInputs.losses`) into ``totals``,
+    which then holds the step's loss values (the mean over micro-batches)."""
+    for t, v in losses.items():
+        value = v.detach() / k
+        totals[t] = totals[t] + value if t in totals else value
+
+
+def first_bad(names: list[str], flags: list[bool]) -> str:
+    """The names whose flag is False, comma-separated ("" when all are good)."""
+    return ", ".join(t for t, good in zip(names, flags) if not good)
+
+
+def skipped(out: dict, reason: str, optimizer, step: bool, num_tasks: int, device) -> dict:
+    """``out`` for a step that applies nothing (never a partial accumulation)."""
+    out.update(skipped=True, reason=reason, total=torch.zeros((), device=device))
+    out["weights"] = torch.zeros(num_tasks, device=device)
+    out["grad_norm"] = None
+    if step:
+        optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def finish_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    cfg,
+    reduced: set[int],
+    out: dict,
+    deferred: tuple[list[str], torch.Tensor] | None = None,
+) -> str | None:
+    """All-reduce, unscale, check, clip, step, zero_grad; returns why nothing was applied (a
+    non-finite loss named in ``deferred`` = (names, flags), or a non-finite gradient), or None.
+
+    One host read: the finiteness of the global gradient norm, with the deferred loss flags.
+    """
+    use_scaler = scaler is not None and scaler.is_enabled()
+    if not isinstance(model, DistributedDataParallel):
+        # Balancer parameters (UW's s_t) are not in the model: they see the global loss values
+        # on every rank, so their gradients are already identical everywhere.
+        mach.all_reduce_coalesced(
+            [p.grad for p in model.parameters() if p.grad is not None and id(p) not in reduced]
+        )
+    if use_scaler:
+        scaler.unscale_(optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else None
+    checks = [] if norm is None else [torch.isfinite(norm).view(1)]
+    checks += [] if deferred is None else [deferred[1]]
+    flags = torch.cat(checks).tolist() if checks else []
+    loss_ok = flags[1:] if norm is not None else flags
+    bad_loss = first_bad(deferred[0], loss_ok) if deferred is not None else ""
+    grad_ok = norm is None or flags[0]
+    out["grad_norm"] = norm
+    if bad_loss:  # nothing is applied, and the scaler does not mistake it for an overflow
+        optimizer.zero_grad(set_to_none=True)
+        if use_scaler:
+            scaler.update()
+        return f"non-finite loss: {bad_loss}"
+    if cfg.train.grad_clip > 0 and params and grad_ok:
+        torch.nn.utils.clip_grads_with_norm_(params, cfg.train.grad_clip, norm)
+    if use_scaler:
+        scaler.step(optimizer)  # skips the update itself when unscale_ found an inf
+        scaler.update()
+    elif grad_ok:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if grad_ok:
+        return None
+    return "fp16 overflow (non-finite gradient)" if use_scaler else "non-finite gradient"
+
+
+@contextlib.contextmanager
+def buffers_kept(model: nn.Module) -> Iterator[None]:
+    """Run a forward pass whose BatchNorm statistics updates are undone afterwards."""
+    buffers = list(model.buffers())
+    saved = [b.detach().clone() for b in buffers]
+    try:
+        yield
+    finally:
+        if buffers:
+            torch._foreach_copy_(buffers, saved)
+
+
+def world_share(reg: torch.Tensor) -> torch.Tensor:
+    """``R(theta)`` is identical on every rank; the SUM all-reduce would count it world times."""
+    return reg / get_world_size()
