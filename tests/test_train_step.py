@@ -187,7 +187,9 @@ def test_accumulation_equals_one_big_batch(name, source):
         params = list(model.parameters()) + list(bal.parameters())
         opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
         for _ in range(2):  # two steps: balancer state (UW's s, RLW's stream) carries over
-            out = train_step(model, batch if accumulate == 1 else _halves(batch), bal, opt, None, cfg)
+            out = train_step(
+                model, batch if accumulate == 1 else _halves(batch), bal, opt, None, cfg
+            )
             assert not out["skipped"], out["reason"]
         results.append((torch.cat([p.detach().reshape(-1) for p in params]), out))
     (big, out_big), (acc, out_acc) = results
