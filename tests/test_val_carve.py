@@ -12,6 +12,7 @@ from enginekit import one_thread  # noqa: F401  (autouse fixture)
 from formatkit import FORMAT_CLASSES, make_split_dataset
 
 from cvmtl.config import load_config
+from cvmtl.data.formats import DataError
 from cvmtl.data.loader import build_datasets, build_loaders
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,3 +160,10 @@ def test_training_selects_on_the_carve_and_reads_test_only_at_the_end(
     assert sorted(seen["test"]) == sorted(("test", sid) for sid in levels["test"])
     assert (Path(summary["run_dir"]) / "best.pt").is_file()
     assert np.isfinite(summary["best"]["value"])
+
+
+def test_carving_one_train_image_names_the_split(tmp_path):
+    make_split_dataset(tmp_path / "data", "nyuv2_npy", train=1)
+    cfg = load_config(None, _overrides(tmp_path / "data", "nyuv2_npy", tmp_path / "runs"))
+    with pytest.raises(DataError, match=r"val_fraction=0.25: .* 1 id\(s\) of split 'train' in "):
+        build_datasets(cfg, ["val"])

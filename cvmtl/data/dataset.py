@@ -62,7 +62,13 @@ def resolve_role(
         raise ValueError(f"unknown split role {role!r} (expected one of {ROLES})")
     if val_fraction <= 0 or role == "test":
         return names[role], list_ids(root, format, names[role])
-    kept, carved = carve_ids(list_ids(root, format, names["train"]), val_fraction, seed)
+    ids = list_ids(root, format, names["train"])
+    if len(ids) < 2:
+        raise DataError(
+            f"data.val_fraction={val_fraction}: cannot carve a validation split out of "
+            f"{len(ids)} id(s) of split {names['train']!r} in {root}"
+        )
+    kept, carved = carve_ids(ids, val_fraction, seed)
     return names["train"], kept if role == "train" else carved
 
 
