@@ -121,3 +121,23 @@ def test_nonfinite_streams_over_batches_and_resets():
     m.reset()
     m.update(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
     assert m.compute()["nonfinite"] == 0.0
+
+
+def test_scoring_helpers_for_report_statistics():
+    """scored_depth / scored_angles: the same rule for anything that bins errors (reports)."""
+    from cvmtl.metrics.depth import scored_depth
+    from cvmtl.metrics.normals import scored_angles
+
+    p, g, valid, bad = scored_depth(
+        _pixels([[NAN], [INF], [20.0], [NAN]]), _pixels([[1.0], [9.0], [4.0], [0.0]]), 1e-3, 10.0
+    )
+    assert valid.flatten().tolist() == [True, True, True, False]
+    assert bad.flatten().tolist() == [True, True, False, False]
+    assert p.flatten()[:3].tolist() == pytest.approx([10.0, 1e-3, 10.0])
+    ang, valid, bad = scored_angles(
+        _pixels([[NAN, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]),
+        _pixels([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]),
+    )
+    assert ang.flatten().tolist() == pytest.approx([180.0, 45.0, 0.0], abs=1e-4)
+    assert valid.flatten().tolist() == [True, True, False]
+    assert bad.flatten().tolist() == [True, False, False]

@@ -42,19 +42,7 @@ class DepthMetric:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred [B,1,H,W] metres (any float dtype); target [B,1,H,W] metres, 0 = invalid."""
         check_shapes("DepthMetric", pred, target, 1)
-        lo, hi = max(self.min_depth, 1e-6), self.max_depth
-        p = pred.float()
-        g = target.to(device=p.device, dtype=torch.float32)
-        valid = (g >= self.min_depth) & (g <= self.max_depth)
-        if self.min_depth <= 0:
-            valid &= g > 0
-        # Non-finite (NaN compares False; ~2x faster than isfinite on the CPU): scored as the
-        # farther end of [lo, hi], see above.
-        bad = valid & ~(p.abs() < math.inf)
-        # hi below the range's midpoint, lo from it up (sign * 2 hi, clamped: exact, and ~15x
-        # faster on the CPU than a torch.where with scalars)
-        far = (0.5 * (lo + hi) - g).sign_().mul_(2 * hi).clamp_(lo, hi)
-        p = torch.where(bad, far, p.clamp(lo, hi))
+        p, g, valid, bad = scored_depth(pred, target, self.min_depth, self.max_depth)
         # Everything below is a function of r = p / g, set to 1 on invalid pixels so that they
         # add exactly 0 (even a NaN prediction there). Masks, not boolean indexing: no host sync
         # on CUDA; few full-size passes, since this runs on every eval batch.
@@ -93,3 +81,23 @@ class DepthMetric:
             "delta3": nan_if_empty(s["d3"], n, 100.0),
             "nonfinite": float(s["nonfinite"]),
         }
+
+
+def scored_depth(
+    pred: torch.Tensor, target: torch.Tensor, min_depth: float, max_depth: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(p, g, valid, bad)`` as :class:`DepthMetric` scores them, all float32 / bool on the
+    prediction's device: ``p`` is the prediction clamped to ``[max(min_depth, 1e-6),
+    max_depth]``, with a non-finite one (``bad``, on valid pixels) replaced by the end of that
+    range farther from the target; ``valid``: ``min_depth <= g <= max_depth`` and ``g > 0``."""
+    lo, hi = max(min_depth, 1e-6), max_depth
+    p = pred.float()
+    g = target.to(device=p.device, dtype=torch.float32)
+    valid = (g >= min_depth) & (g <= max_depth)
+    if min_depth <= 0:
+        valid &= g > 0
+    bad = valid & ~(p.abs() < math.inf)  # non-finite (NaN compares False; faster than isfinite)
+    # hi below the range's midpoint, lo from it up (sign * 2 hi, clamped: exact, and ~15x
+    # faster on the CPU than a torch.where with scalars)
+    far = (0.5 * (lo + hi) - g).sign_().mul_(2 * hi).clamp_(lo, hi)
+    return torch.where(bad, far, p.clamp(lo, hi)), g, valid, bad

@@ -36,6 +36,23 @@ def angle_deg(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.atan2(cross, dot).mul_(180.0 / math.pi)
 
 
+def scored_angles(
+    pred: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(angles, valid, bad)`` [B,H,W] as :class:`NormalMetric` scores them: the angle in
+    degrees, :data:`WORST_DEG` where the prediction has no direction (``bad``, on valid pixels),
+    0 on invalid pixels (``valid``: a non-zero target). Masks, not boolean indexing: no host
+    sync on CUDA."""
+    pred = pred.float().contiguous()  # planar once: angle_deg then makes no copy
+    target = target.to(pred.device)
+    valid = target.abs().amax(dim=1) > 0
+    px, py, pz = pred.unbind(1)
+    length_sq = (px * px).addcmul_(py, py).addcmul_(pz, pz)  # NaN / inf / 0: no direction
+    bad = valid & ~((length_sq > 0) & (length_sq < math.inf))
+    ang = angle_deg(pred, target).masked_fill_(bad, WORST_DEG)
+    return torch.where(valid, ang, 0.0), valid, bad
+
+
 class NormalMetric:
     """Streaming ``mean``, ``median``, ``rmse`` (degrees) and ``a11``, ``a22``, ``a30`` (percent of
     pixels within 11.25 / 22.5 / 30 degrees) of the angle between prediction and target.
@@ -60,15 +77,8 @@ class NormalMetric:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred [B,3,H,W] (any length); target [B,3,H,W], all-zero = invalid."""
         check_shapes("NormalMetric", pred, target, 3)
-        pred = pred.float().contiguous()  # planar once: angle_deg then makes no copy
-        target = target.to(pred.device)
-        valid = target.abs().amax(dim=1) > 0
-        px, py, pz = pred.unbind(1)
-        length_sq = (px * px).addcmul_(py, py).addcmul_(pz, pz)  # NaN / inf / 0: no direction
-        bad = valid & ~((length_sq > 0) & (length_sq < math.inf))
-        # Masks, not boolean indexing: no host sync on CUDA. NaN on invalid pixels -> 0.
-        ang = angle_deg(pred, target).masked_fill_(bad, WORST_DEG)
-        ang = torch.where(valid, ang, 0.0).flatten()
+        ang, valid, bad = scored_angles(pred, target)
+        ang = ang.flatten()
         bins = ang.mul(1.0 / BIN_DEG).long().clamp_(0, NUM_BINS - 1)
         bins = torch.where(valid.flatten(), bins, NUM_BINS)  # overflow bin, dropped
         hist = count_bins(bins, NUM_BINS + 1)[:NUM_BINS]
