@@ -78,3 +78,90 @@ def test_two_process_gloo_equals_one_process(tmp_path):
         for run, diff in result["diffs"].items():
             assert diff < 1e-5, f"rank {rank} {run}: max |param diff| {diff:.3g}"
         assert "raw per-task gradients" in result["refused"]
+
+
+def _bn_model() -> TinyMTL:
+    """TinyMTL with BatchNorm in the backbone (the default ``model.norm: bn``)."""
+    torch.manual_seed(0)
+    model = TinyMTL(TASKS)
+    model.backbone[1] = torch.nn.BatchNorm2d(8)
+    model.backbone[4] = torch.nn.BatchNorm2d(8)
+    return model
+
+
+def _bn_train(model, batches_per_step, name: str) -> list[torch.Tensor]:
+    balancer = build_balancer(name, TASKS)
+    params = list(model.parameters()) + list(balancer.parameters())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    for batches in batches_per_step:
+        out = train_step(model, batches, balancer, opt, None, tiny_cfg())
+        assert not out["skipped"], out["reason"]
+    return params
+
+
+def _flat_buffers(model) -> torch.Tensor:
+    return torch.cat([b.reshape(-1) for b in model.buffers() if b.is_floating_point()])
+
+
+def _ddp(model):
+    from torch.nn.parallel import DistributedDataParallel
+
+    from cvmtl.engine.distributed import sum_allreduce_hook
+
+    ddp = DistributedDataParallel(model, broadcast_buffers=False)
+    ddp.register_comm_hook(None, sum_allreduce_hook)
+    return ddp
+
+
+def _bn_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """DDP with BatchNorm: each rank normalizes its own half, as one process does with the
+    halves as micro-batches of one step (2 steps); after one step, each rank's running statistics
+    are its half's, and averaged they are the mean of the halves'."""
+    from cvmtl.engine.distributed import average_buffers
+
+    torch.set_num_threads(1)
+    batches = _batches()
+    halves = [[split_batch(b, WORLD, r) for r in range(WORLD)] for b in batches]
+    refs = {}
+    for name in ("fixed", "uw"):
+        params = _bn_train(_bn_model(), halves, name)
+        per_half = []
+        for r in range(WORLD):
+            m = _bn_model()
+            _bn_train(m, [halves[0][r]], name)  # one step: the statistics of half r
+            per_half.append(_flat_buffers(m))
+        refs[name] = (torch.cat([p.detach().reshape(-1) for p in params]), per_half)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        report = {}
+        for name, (want, per_half) in refs.items():
+            params = _bn_train(_ddp(_bn_model()), [[h[rank]] for h in halves], name)
+            got = torch.cat([p.detach().reshape(-1) for p in params])
+            model = _bn_model()
+            _bn_train(_ddp(model), [[halves[0][rank]]], name)
+            local = _flat_buffers(model)
+            average_buffers(model)
+            avg = _flat_buffers(model)
+            gathered = [torch.zeros_like(avg) for _ in range(WORLD)]
+            dist.all_gather(gathered, avg)
+            report[name] = {
+                "params": float((got - want).abs().max()),
+                "local_is_own_half": float((local - per_half[rank]).abs().max()),
+                "ranks_agree": float((gathered[0] - gathered[1]).abs().max()),
+                "is_mean": float((avg - torch.stack(per_half).mean(0)).abs().max()),
+            }
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"bn{rank}.json"), "w") as f:
+        json.dump(report, f)
+
+
+@pytest.mark.distributed
+def test_ddp_batchnorm_ranks_hold_one_model(tmp_path):
+    mp.spawn(_bn_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        for name, r in json.loads((tmp_path / f"bn{rank}.json").read_text()).items():
+            assert r["params"] < 1e-5, (rank, name, r)  # = one process, halves as micro-batches
+            assert r["local_is_own_half"] < 1e-6, (rank, name, r)  # per-rank statistics
+            assert r["ranks_agree"] == 0.0, (rank, name, r)  # after averaging: one model
+            assert r["is_mean"] < 1e-6, (rank, name, r)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 import pytest
 from enginekit import (
+    PYTHON,
     make_tiny_dataset,
     one_thread,  # noqa: F401  (autouse fixture)
     read_jsonl,
+    subprocess_env,
     tiny_config,
     tiny_overrides,
     torchrun_train,
@@ -17,6 +23,7 @@ from cvmtl.engine.checkpoint import load_checkpoint
 from cvmtl.engine.trainer import fit
 
 pytestmark = pytest.mark.distributed
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +85,40 @@ def test_torchrun_syncbn_on_cpu_is_refused(tiny_data, tmp_path):
     done = torchrun_train(args, tmp_path)
     assert done.returncode != 0
     assert "model.norm=syncbn needs CUDA" in done.stderr.decode()
+
+
+def test_torchrun_batchnorm_validation_is_the_saved_model(tmp_path):
+    """The shipped nyuv2_13_npy.yaml (its own norm: bn and val_fraction) on 2 processes: the
+    last validation the run logged is what one process measures on the saved last.pt."""
+    from formatkit import make_split_dataset
+
+    make_split_dataset(tmp_path / "data", "nyuv2_npy", train=16)
+    small = {
+        "name": "npy", "out_dir": str(tmp_path / "runs"), "data.root": str(tmp_path / "data"),
+        "data.crop": "[32, 32]", "data.num_workers": 0, "data.eval_batch_size": 2,
+        "model.backbone": "resnet18", "model.pretrained": "false", "model.neck_channels": 32,
+        "model.head_channels": 16, "train.max_steps": 3, "train.batch_size": 2,
+        "train.warmup_steps": 0, "train.eval_every": 1, "train.num_vis": 0,
+    }  # fmt: skip
+    args = ["--config", str(REPO / "configs" / "nyuv2_13_npy.yaml")]
+    args += [f"{k}={v}" for k, v in small.items()]
+    done = torchrun_train(args, tmp_path)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    run = tmp_path / "runs" / "npy"
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["config"]["model"]["norm"] == "bn" and ckpt["config"]["data"]["val_fraction"] > 0
+    logged = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "val"][-1]
+    out = tmp_path / "eval"
+    cmd = [PYTHON, str(REPO / "tools" / "eval.py"), "--checkpoint", str(run / "last.pt")]
+    cmd += ["--split", "val", "--out", str(out)]
+    ev = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr.decode()[-3000:]
+    measured = json.loads((out / "metrics.json").read_text())["metrics"]
+    compared = 0
+    for task, metrics in measured.items():
+        for name, value in metrics.items():
+            key = f"{task}/{name}"
+            if isinstance(value, float) and key in logged:
+                assert value == pytest.approx(logged[key], rel=1e-4, abs=1e-6), key
+                compared += 1
+    assert compared >= 10

@@ -143,13 +143,16 @@ def _wrap_ddp(model: nn.Module, balancer, device: torch.device) -> nn.Module:
     overlaps the backward pass); gradient-level ones reduce what they need themselves."""
     if balancer.kind == "gradient":
         return model
-    ddp = nn.parallel.DistributedDataParallel(
-        model,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        # BatchNorm statistics stay per rank while training and are averaged before every
-        # evaluation and save (Run.sync_buffers), instead of being overwritten by rank 0's.
-        broadcast_buffers=False,
-    )
+    with warnings.catch_warnings():
+        # torch deprecates broadcast_buffers but says to keep it while rank-local buffers are
+        # wanted: BatchNorm statistics stay per rank while training and are averaged before
+        # every evaluation and save (Run.sync_buffers), instead of being overwritten by rank 0's.
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated")
+        ddp = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
     # Losses are global means, so the gradients SUM over ranks (DDP's default averages).
     ddp.register_comm_hook(None, du.sum_allreduce_hook)
     return ddp
