@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cvmtl.engine.distributed import all_reduce_sum, is_dist
+from cvmtl.distributed import all_reduce_sum, is_dist
 
 IGNORE_INDEX = 255
 SILOG_LAMBDA = 0.85

@@ -106,7 +106,7 @@ def _flat_buffers(model) -> torch.Tensor:
 def _ddp(model):
     from torch.nn.parallel import DistributedDataParallel
 
-    from cvmtl.engine.distributed import sum_allreduce_hook
+    from cvmtl.distributed import sum_allreduce_hook
 
     ddp = DistributedDataParallel(model, broadcast_buffers=False)
     ddp.register_comm_hook(None, sum_allreduce_hook)
@@ -117,7 +117,7 @@ def _bn_worker(rank: int, init_file: str, out_dir: str) -> None:
     """DDP with BatchNorm: each rank normalizes its own half, as one process does with the
     halves as micro-batches of one step (2 steps); after one step, each rank's running statistics
     are its half's, and averaged they are the mean of the halves'."""
-    from cvmtl.engine.distributed import average_buffers
+    from cvmtl.distributed import average_buffers
 
     torch.set_num_threads(1)
     batches = _batches()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cvmtl.balancers.base import GradientBalancer
-from cvmtl.engine.distributed import all_reduce_sum, is_dist
+from cvmtl.distributed import all_reduce_sum, is_dist
 
 
 def check_balancer(balancer, cfg, distributed: bool | None = None) -> None:

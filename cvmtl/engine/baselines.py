@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from cvmtl.config import Config
-from cvmtl.engine import distributed as du
+from cvmtl import distributed as du
 from cvmtl.tasks import get_task
 
 log = logging.getLogger(__name__)

@@ -156,7 +156,7 @@ def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None
 def finetune_after_fit(cfg: Config, result: dict[str, Any]) -> dict[str, Any] | None:
     """The hook after ``fit``: fine-tune from best.pt (else last.pt) when
     ``finetune.epochs > 0`` and the run was not interrupted; rank 0 only."""
-    from cvmtl.engine import distributed as du
+    from cvmtl import distributed as du
 
     if cfg.finetune.epochs <= 0 or result.get("interrupted") or not du.is_main_process():
         return None

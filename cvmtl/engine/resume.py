@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cvmtl.config import Config, to_dict
-from cvmtl.engine import distributed as du
+from cvmtl import distributed as du
 from cvmtl.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from cvmtl.engine.logging import RunLogger
 from cvmtl.engine.optim import ModelEMA

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cvmtl.engine.distributed import all_reduce_sum, is_dist
+from cvmtl.distributed import all_reduce_sum, is_dist
 from cvmtl.tasks import TASKS, get_task, higher_is_better
 
 

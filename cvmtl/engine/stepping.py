@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cvmtl.balancers import machinery as mach
-from cvmtl.engine.distributed import all_reduce_sum, get_world_size
+from cvmtl.distributed import all_reduce_sum, get_world_size
 from cvmtl.losses import compute_losses, pixel_counts
 from cvmtl.precision import autocast_context
 

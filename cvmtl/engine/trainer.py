@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cvmtl.config import Config, save_config, to_dict
-from cvmtl.engine import distributed as du
+from cvmtl import distributed as du
 from cvmtl.engine.checkpoint import load_checkpoint, preserved_rng
 from cvmtl.engine.logging import LossWindow, RunLogger, flat_metrics, prediction_panels
 from cvmtl.engine.optim import ModelEMA, build_optimizer, build_scheduler

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from cvmtl.engine.distributed import all_reduce_sum, is_dist
+from cvmtl.distributed import all_reduce_sum, is_dist
 
 
 def reduced(state: torch.Tensor) -> torch.Tensor:
