@@ -3,6 +3,12 @@
 Each head upsamples its raw prediction 4x (bilinear) to the padded input size, crops it to the
 original size, then applies its task's output map (identity / bounded depth / unit normals) in
 float32, so activations are exact under bf16 autocast and losses get float32 inputs.
+
+The regression heads (depth, normals: ``fp32_pred``) also run their prediction layer (the 1x1
+conv and the upsampling) in float32 with autocast off: a bf16 value has 8 significant bits
+(~0.4 % relative rounding), which the float32 activation after it cannot restore. The layer has
+1-3 output channels, so this costs little (docs/benchmarks.md). Segmentation logits stay in the
+autocast dtype (an argmax / cross-entropy input).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from cvmtl.tasks import get_task
 class DenseHead(nn.Module):
     """conv3x3-norm-relu -> conv1x1 to ``out_channels``; subclasses define :meth:`activate`."""
 
+    fp32_pred = False  # run the prediction layer in float32 under autocast (regression heads)
+
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, norm: str = "bn"):
         super().__init__()
         self.out_channels = out_channels
@@ -30,7 +38,15 @@ class DenseHead(nn.Module):
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Stride-4 features -> prediction at ``size``: upsample 4x (to the padded input size),
         crop bottom/right by slicing (trace-friendly: no size is turned into a Python int)."""
-        x = self.pred(self.block(x))
+        x = self.block(x)
+        if self.fp32_pred and torch.is_autocast_enabled(x.device.type):
+            # no autocast context without autocast: export and tracing see the plain graph
+            with torch.autocast(x.device.type, enabled=False):
+                return self._predict(x.float(), size)
+        return self._predict(x, size)
+
+    def _predict(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = self.pred(x)
         x = F.interpolate(x, scale_factor=float(OUT_STRIDE), mode="bilinear", align_corners=False)
         return self.activate(crop(x, size).float())
 
@@ -51,6 +67,8 @@ class SegHead(DenseHead):
 class DepthHead(DenseHead):
     """Metric depth in metres [B, 1, H, W], in (0, max_depth) via ``max_depth * sigmoid``."""
 
+    fp32_pred = True
+
     def __init__(
         self, in_channels: int, hidden: int = 64, norm: str = "bn", max_depth: float = 10.0
     ):
@@ -64,6 +82,8 @@ class DepthHead(DenseHead):
 
 class NormalHead(DenseHead):
     """Unit surface normals [B, 3, H, W]; normalized after upsampling so every pixel is unit."""
+
+    fp32_pred = True
 
     def __init__(self, in_channels: int, hidden: int = 64, norm: str = "bn"):
         super().__init__(in_channels, 3, hidden, norm)
