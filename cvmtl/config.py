@@ -81,8 +81,10 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0
     scheduler: str = "cosine"
     warmup_steps: int = 0
-    amp: str = "bf16"
-    channels_last: bool = True
+    # auto: resolved per device by cvmtl.precision (bf16 where the hardware has it, fp16 +
+    # GradScaler on older CUDA GPUs, fp32 elsewhere; channels_last where it measured faster)
+    amp: str = "auto"
+    channels_last: bool | str = "auto"
     compile: bool = False
     grad_clip: float = 0.0
     accumulate: int = 1
@@ -140,7 +142,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.normal": ("cosine", "l1"),
     "train.optimizer": ("adamw", "sgd"),
     "train.scheduler": ("cosine", "poly", "step", "none"),
-    "train.amp": ("none", "bf16", "fp16"),
+    "train.amp": ("auto", "none", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "finetune.freeze": ("backbone", "neck", "none"),
 }
@@ -223,6 +225,12 @@ def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
 
 def validate(cfg: Config) -> Config:
     """Check values beyond their types (choices, ranges, task names)."""
+    cl = cfg.train.channels_last  # auto | true | false (YAML bools, or those words)
+    word = cl.strip().lower() if isinstance(cl, str) else None
+    if word in ("auto", "true", "false"):
+        cl = cfg.train.channels_last = "auto" if word == "auto" else word == "true"
+    if not isinstance(cl, bool) and cl != "auto":
+        raise ConfigError(f"train.channels_last: expected auto|true|false, got {cl!r}")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

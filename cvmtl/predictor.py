@@ -8,11 +8,16 @@ Resizing (``max_size``): an image whose longer side exceeds ``max_size`` is resi
 ``s = max_size / max(H, W)`` for the forward pass and the outputs are resized back. Per DESIGN a
 model sees depth / s in an image resized by s, so the depth predicted on the small image is
 multiplied by s on the way back (the evaluator's rule); normals are renormalized.
+
+Precision (``amp``): default the checkpoint's ``train.amp``; ``auto`` (there or here) resolves for
+this device through :mod:`cvmtl.precision` (bf16 only where the hardware has it), as does
+``train.channels_last``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,11 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvmtl.config import Config, from_dict, parse_override, to_dict
+from cvmtl.precision import AMP_CHOICES, autocast_context, resolve_precision
+from cvmtl.precision import resolve_device as _resolve_device
 
 log = logging.getLogger(__name__)
 
 ImageLike = np.ndarray | str | Path
-AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP = AMP_CHOICES  # auto | none | bf16 | fp16 (cvmtl.precision)
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -133,11 +140,8 @@ def class_info(cfg: Config) -> tuple[list[str], list[list[int]]]:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but CUDA is not available")
-    return torch.device(device)
+    """``auto`` -> CUDA when available, else CPU (:func:`cvmtl.precision.resolve_device`)."""
+    return _resolve_device(device)
 
 
 class Predictor:
@@ -148,16 +152,23 @@ class Predictor:
         model: nn.Module,
         cfg: Config,
         device: str | torch.device = "auto",
-        amp: str = "none",
+        amp: str | None = None,
         max_size: int | None = None,
     ):
-        if amp not in AMP:
+        if amp is not None and amp not in AMP:
             raise ValueError(f"amp must be one of {'|'.join(AMP)}, got {amp!r}")
         if max_size is not None and max_size < 1:
             raise ValueError(f"max_size must be a positive number of pixels, got {max_size}")
         self.device = resolve_device(device)
+        # ``amp`` replaces the config's train.amp (None keeps it); auto values resolve for this
+        # device (cvmtl.precision), once, here
+        cfg = copy.deepcopy(cfg)
+        cfg.train.amp = cfg.train.amp if amp is None else amp
+        self.cfg = resolve_precision(cfg, self.device)
+        self.amp, self.max_size = self.cfg.train.amp, max_size
         self.model = model.to(self.device).eval()
-        self.cfg, self.amp, self.max_size = cfg, amp, max_size
+        if self.cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.tasks: list[str] = list(cfg.tasks)
         self.classes, self.palette = class_info(cfg)
         self._mean = torch.tensor(cfg.data.mean, device=self.device).view(1, 3, 1, 1)
@@ -168,7 +179,7 @@ class Predictor:
         cls,
         path: str | Path,
         device: str = "auto",
-        amp: str = "none",
+        amp: str | None = None,
         max_size: int | None = None,
         overrides: Sequence[str] = (),
     ) -> Predictor:
@@ -237,13 +248,7 @@ class Predictor:
             s = self.max_size / max(size)
             hw = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
             x = F.interpolate(image, size=hw, mode="bilinear", align_corners=False, antialias=True)
-        dtype = AMP[self.amp]
-        ctx = (
-            torch.autocast(self.device.type, dtype=dtype)
-            if dtype is not None
-            else contextlib.nullcontext()
-        )
-        with ctx:
+        with autocast_context(self.amp, self.device):
             # evaluator.predict resizes back to ``size`` and multiplies depth by the scale
             out = predict(self.model, x, size, self.tasks, self.cfg, self.cfg.data.num_classes)
         if "normal" in out:

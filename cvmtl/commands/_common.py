@@ -24,7 +24,13 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--amp`` of the commands that run a checkpoint."""
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    parser.add_argument(
+        "--amp",
+        default=None,
+        choices=["auto", "none", "bf16", "fp16"],
+        help="default: the checkpoint's train.amp; auto = bf16 where the hardware has it, "
+        "fp16 on older CUDA GPUs, else fp32 (none)",
+    )
 
 
 def positive_int(text: str) -> int:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cvmtl.config import Config, from_dict, parse_override
+from cvmtl.precision import describe_precision, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,7 @@ ROLES = ("train", "val", "test")
 
 def pick_device(cfg: Config) -> torch.device:
     """``train.device``: auto -> CUDA when available, else CPU."""
-    if cfg.train.device == "cpu" or not torch.cuda.is_available():
-        if cfg.train.device == "cuda":
-            raise ValueError("train.device=cuda but no CUDA device is available")
-        return torch.device("cpu")
-    return torch.device("cuda")
+    return resolve_device(cfg.train.device, "train.device")
 
 
 def config_from_checkpoint(ckpt: dict[str, Any], overrides: list[str] | tuple = ()) -> Config:
@@ -62,7 +59,7 @@ def load_model(cfg: Config, weights: dict[str, torch.Tensor], device: torch.devi
     state = {k.removeprefix("module.").replace("_orig_mod.", ""): v for k, v in weights.items()}
     model.load_state_dict(state)
     model = model.to(device).eval()
-    if cfg.train.channels_last:
+    if resolve_precision(cfg, device).train.channels_last:  # auto -> this device's layout
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -113,6 +110,8 @@ def run_eval(
     split_name = getattr(cfg.data, f"{role}_split")
 
     device = pick_device(cfg)
+    cfg = resolve_precision(cfg, device)  # auto -> this machine's (a checkpoint may travel)
+    log.info("eval precision: %s", describe_precision(cfg, device))
     model = load_model(cfg, ckpt["model"], device)
     loader = build_loaders(cfg, False, splits=[role])[role]
     results, stats, samples = evaluate_with_stats(

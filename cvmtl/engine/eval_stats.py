@@ -7,7 +7,6 @@ keep memory constant however large the split is.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -17,8 +16,7 @@ from torch import nn
 
 from cvmtl.engine.evaluator import predict
 from cvmtl.metrics import build_metrics
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from cvmtl.precision import autocast_context, resolve_precision
 
 
 class DepthBins:
@@ -109,6 +107,7 @@ def evaluate_with_stats(
     included); single process. Samples: ``{"image", "target": {task}, "pred": {task}}`` CPU
     tensors (seg labels [H,W], depth [1,H,W], normal [3,H,W]) of the first ``num_samples``.
     """
+    cfg = resolve_precision(cfg, device)  # train.amp / channels_last: auto -> this device's
     metrics = build_metrics(tasks, cfg.data.num_classes, cfg)
     stats: dict[str, Any] = {}
     if "depth" in tasks:
@@ -116,12 +115,7 @@ def evaluate_with_stats(
     if "normal" in tasks:
         stats["angle_hist"] = AngleHistogram()
     samples: list[dict[str, Any]] = []
-    amp = cfg.train.amp
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
-        if amp in AMP_DTYPES
-        else contextlib.nullcontext()
-    )
+    autocast = autocast_context(cfg.train.amp, device)
     was_training = model.training
     model.eval()
     try:

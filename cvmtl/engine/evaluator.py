@@ -12,7 +12,7 @@ equal a single-process run. Other samplers are taken as they come.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -24,8 +24,9 @@ from torch.utils.data import DistributedSampler
 
 from cvmtl.engine.distributed import is_main_process
 from cvmtl.metrics import build_metrics
+from cvmtl.precision import AMP_DTYPES, autocast_context, resolve_precision
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["AMP_DTYPES", "evaluate", "predict"]  # AMP_DTYPES: re-exported from cvmtl.precision
 
 
 def evaluate(
@@ -44,7 +45,8 @@ def evaluate(
     """Metrics ``{task: {metric: value}}`` of ``model`` over ``loader`` (all ranks, reduced).
 
     ``cfg`` is the run Config (uses ``eval``, ``data.num_classes``, ``train.amp``,
-    ``train.channels_last``). ``amp``: ``none | bf16 | fp16`` (default ``cfg.train.amp``).
+    ``train.channels_last``). ``amp``: ``auto | none | bf16 | fp16`` (default ``cfg.train.amp``);
+    ``auto`` values are resolved for ``device`` by :func:`cvmtl.precision.resolve_precision`.
     ``device``: default the model's. ``max_batches`` stops early (per rank). With ``collect=N``
     the first N samples of this rank are appended to the list ``samples`` as dicts of CPU
     tensors ``{"image", "meta", "has", "target": {task}, "pred": {task}}`` (seg as labels [H,W],
@@ -60,9 +62,14 @@ def evaluate(
         param = next(net.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
-    amp = cfg.train.amp if amp is None else amp
-    if amp not in ("none", *AMP_DTYPES):
-        raise ValueError(f"evaluate: amp must be none|bf16|fp16, got {amp!r}")
+    if amp is not None and amp not in ("auto", "none", *AMP_DTYPES):
+        raise ValueError(f"evaluate: amp must be auto|none|bf16|fp16, got {amp!r}")
+    if amp is not None and amp != cfg.train.amp:
+        cfg = copy.copy(cfg)
+        cfg.train = copy.copy(cfg.train)
+        cfg.train.amp = amp
+    cfg = resolve_precision(cfg, device)
+    amp = cfg.train.amp
     num_classes = cfg.data.num_classes
     metrics = build_metrics(tasks, num_classes, cfg)
     skip_padding = _padding_filter(loader)
@@ -82,7 +89,7 @@ def evaluate(
                 image = batch["image"].to(device, non_blocking=True)
                 targets = _targets(batch, tasks, device, skip_padding, seen)
                 size = next(iter(targets.values())).shape[-2:]
-                with _autocast(device, amp):
+                with autocast_context(amp, device):
                     preds = predict(net, image, size, tasks, cfg, num_classes, first=(i == 0))
                 for task in tasks:
                     metrics[task].update(preds[task], targets[task])
@@ -114,7 +121,8 @@ def predict(
     scales = list(getattr(cfg.eval, "scales", [1.0]) or [1.0])
     flips = [False, True] if cfg.eval.tta else [False]
     views = len(scales) * len(flips)
-    channels_last = getattr(cfg.train, "channels_last", False)
+    # a resolved config (cvmtl.precision.resolve_precision): only a concrete True converts
+    channels_last = getattr(cfg.train, "channels_last", False) is True
     acc: dict[str, torch.Tensor] = {}
     for s in scales:
         x = image
@@ -225,12 +233,6 @@ def _padding_filter(loader: Any) -> Any:
         return pos < n
 
     return keep
-
-
-def _autocast(device: torch.device, amp: str) -> Any:
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 def _progress(loader: Any, total: int | None, enabled: bool) -> Any:

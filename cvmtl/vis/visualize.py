@@ -16,7 +16,7 @@ def write_panels(
     out: str | Path | None = None,
     *,
     device: str = "auto",
-    amp: str = "none",
+    amp: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     progress: bool = False,
 ) -> tuple[Path, int]:
@@ -24,7 +24,8 @@ def write_panels(
     samples of ``split`` plus ``{split}_contact_sheet.png``; returns (folder, panel count).
 
     ``out`` defaults to ``vis/`` beside the checkpoint (the run folder). ``split`` is a role
-    (train / val / test) or any split name of the dataset.
+    (train / val / test) or any split name of the dataset. ``amp``: default the checkpoint's
+    ``train.amp`` (``auto`` resolves for the device, :mod:`cvmtl.precision`).
     """
     from tqdm import tqdm
 
