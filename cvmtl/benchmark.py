@@ -26,6 +26,7 @@ from cvmtl.bench.timing import (
     MemoryPeak,
     load_average,
     peak_matmul_flops,
+    peak_sizes,
     resolve_device,
     stats,
     sync,
@@ -33,6 +34,13 @@ from cvmtl.bench.timing import (
 )
 from cvmtl.config import Config, to_dict
 from cvmtl.models import build_model
+from cvmtl.precision import (
+    autocast_context,
+    describe_precision,
+    make_scaler,
+    precision_info,
+    resolve_precision,
+)
 
 __all__ = ["random_batch", "resolve_device", "run_benchmark", "format_report", "count_flops"]
 
@@ -70,7 +78,7 @@ def simple_losses(preds: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict
 
 def simple_train_step(cfg: Config, device: torch.device) -> TrainStep:
     """Sum of :func:`simple_losses` (+ the soft-sharing penalty), backward, optimizer step."""
-    from cvmtl.engine.step import autocast_context
+    cfg = resolve_precision(cfg, device)  # train.amp / channels_last: auto -> concrete
 
     def step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer) -> Any:
         optimizer.zero_grad(set_to_none=True)
@@ -92,13 +100,12 @@ class EngineStep:
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         from cvmtl.balancers import build_balancer
-        from cvmtl.engine.step import make_scaler
 
-        self.cfg = cfg
+        self.cfg = cfg = resolve_precision(cfg, device)  # as the trainer: auto -> concrete
         self.balancer = build_balancer(cfg.loss.balancer, cfg.tasks, **cfg.loss.balancer_args)
         if isinstance(self.balancer, nn.Module):
             self.balancer = self.balancer.to(device)
-        self.scaler = make_scaler(cfg, device)
+        self.scaler = make_scaler(cfg.train.amp, device)
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], optimizer: Any) -> Any:
         from cvmtl.engine.step import train_step
@@ -145,7 +152,7 @@ def prepare(cfg: Config, dev: torch.device, model: nn.Module | None = None) -> t
     from cvmtl.engine.runstate import compile_children
 
     model = (model or build_model(cfg)).to(dev)
-    if cfg.train.channels_last:
+    if resolve_precision(cfg, dev).train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.compile:
         compile_children(model)
@@ -169,10 +176,14 @@ def run_benchmark(
 
     ``train_step``: default the engine's (then ``phases`` times it through its ``mark`` hook).
     ``data``: the ``data`` phase from a real loader (a generated synthetic dataset when
-    ``data.root`` holds none). ``peak_size``: side of the matmul that measures the peak
-    FLOP/s for ``mfu`` (None: no mfu).
+    ``data.root`` holds none). ``peak_size``: largest side of the matmuls that measure the peak
+    FLOP/s for ``mfu`` (None: no mfu). ``train.amp`` / ``train.channels_last`` ``auto`` resolve
+    for the device as in training (:mod:`cvmtl.precision`); the result says what they became.
     """
     dev = resolve_device(device or cfg.train.device)
+    precision = precision_info(cfg, dev)
+    precision["precision"] = describe_precision(cfg, dev)
+    cfg = resolve_precision(cfg, dev)
     load_before = load_average()
     torch.manual_seed(cfg.train.seed)
     if dev.type == "cuda":
@@ -220,6 +231,7 @@ def run_benchmark(
         result["eval"] = eval_benchmark(model, cfg, eval_batch, iters, warmup, dev)
     result.update(_flops_and_mfu(cfg, dev, flops, bs / train_med, peak_size))
     result.update(_memory(dev, mem))
+    result.update(precision)
     result.update(
         params=params,
         flops_per_img=flops,
@@ -264,21 +276,43 @@ def _phases(step, model, optimizer, cfg, dev, iters, data, train_med) -> dict[st
     }
 
 
+MFU_DTYPES = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _flops_and_mfu(cfg, dev, flops, img_s, peak_size) -> dict[str, Any]:
+    """``mfu`` = ``train_flop_s`` / ``mfu_peak_flop_s``. The peak is an upper bound: the best
+    matmul rate over several sizes (:func:`~cvmtl.bench.timing.peak_matmul_flops`) in the
+    autocast dtype, or in fp32 where that is higher (a dtype emulated in software, e.g. bf16 on
+    a CPU without bf16 hardware, is slower than the fp32 arithmetic its kernels may fall back
+    to). ``cfg`` is resolved (``train.amp`` concrete)."""
     # forward + backward ~ 3x the forward FLOPs (the usual MFU convention)
     achieved = 3.0 * flops * img_s
     out: dict[str, Any] = {"train_flop_s": achieved, "peak_flop_s": None, "mfu": None}
-    if peak_size:
-        peaks = {
-            "bf16": peak_matmul_flops(dev, torch.bfloat16, peak_size),
-            "fp32": peak_matmul_flops(dev, torch.float32, peak_size),
-        }
-        dtype = "fp32" if cfg.train.amp == "none" else "bf16"
-        if cfg.train.amp == "fp16":
-            peaks["fp16"] = peak_matmul_flops(dev, torch.float16, peak_size)
-            dtype = "fp16"
-        out.update(peak_flop_s=peaks, mfu_dtype=dtype, mfu=achieved / peaks[dtype])
-        out["peak_matmul_size"] = peak_size
+    if not peak_size:
+        return out
+    dtype = MFU_DTYPES[cfg.train.amp]
+    measured = {
+        name: peak_matmul_flops(dev, TORCH_DTYPES[name], peak_size) for name in ("bf16", "fp32")
+    }
+    if dtype not in measured:
+        measured[dtype] = peak_matmul_flops(dev, TORCH_DTYPES[dtype], peak_size)
+    peaks = {name: m["flop_s"] for name, m in measured.items()}
+    bound = max((dtype, "fp32"), key=peaks.__getitem__)
+    out.update(
+        peak_flop_s=peaks,
+        peak_by_size={name: m["by_size"] for name, m in measured.items()},
+        peak_matmul_size=peak_size,
+        peak_method=(
+            f"best torch.matmul rate over square sides {peak_sizes(peak_size)} "
+            "(1 warm-up, best of 3; a side whose warm-up took > 0.5 s timed once and ends the "
+            "climb), in the autocast dtype or fp32, whichever is higher"
+        ),
+        mfu_dtype=dtype,
+        mfu_peak_dtype=bound,
+        mfu_peak_flop_s=peaks[bound],
+        mfu=achieved / peaks[bound],
+    )
     return out
 
 

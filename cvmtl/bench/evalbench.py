@@ -10,8 +10,8 @@ from torch import nn
 
 from cvmtl.bench.timing import stats, time_interleaved
 from cvmtl.engine.evaluator import predict
-from cvmtl.engine.step import autocast_context
 from cvmtl.metrics import build_metrics
+from cvmtl.precision import autocast_context
 
 
 def eval_benchmark(

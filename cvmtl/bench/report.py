@@ -9,9 +9,12 @@ def format_report(result: dict[str, Any]) -> str:
     """A few human-readable lines for the console."""
     tr = result["train"]
     mfu = "n/a" if result.get("mfu") is None else f"{100 * result['mfu']:.1f}%"
+    if result.get("mfu") is not None:
+        mfu += f" of the {result['mfu_peak_dtype']} matmul peak"
     s = tr["step_s"]
     lines = [
         f"device {result['device']}, torch {result['torch']}, load {result['load_avg']}",
+        f"precision: {result.get('precision', 'n/a')}",
         f"params {result['params'] / 1e6:.2f} M, forward {result['flops_per_img'] / 1e9:.2f} "
         f"GFLOP/img",
         f"train: {s['median']:.3f} s/step (min {s['min']:.3f}, max {s['max']:.3f}), "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import statistics
 import threading
@@ -20,12 +21,10 @@ import torch
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but torch.cuda.is_available() is False")
-    return torch.device(name)
+    """``auto`` -> cuda when available, else cpu (:func:`cvmtl.precision.resolve_device`)."""
+    from cvmtl.precision import resolve_device as resolve
+
+    return resolve(name)
 
 
 def sync(device: torch.device) -> None:
@@ -121,13 +120,47 @@ class MemoryPeak:
         self.peak_mb = peak - self._base
 
 
+PEAK_MIN_SIZE = 512
+
+
+def peak_sizes(max_size: int) -> list[int]:
+    """Matmul sides for the peak: 512, 1024, ... doubling up to ``max_size`` (included)."""
+    sizes, n = [], min(PEAK_MIN_SIZE, max_size)
+    while n < max_size:
+        sizes.append(n)
+        n *= 2
+    return [*sizes, max_size]
+
+
 def peak_matmul_flops(
-    device: torch.device, dtype: torch.dtype, size: int = 2048, iters: int = 3
-) -> float:
-    """This machine's matmul rate (FLOP/s, best of ``iters``) for ``size``^3 in ``dtype``: the
-    denominator of MFU, measured in the same run as the model (same threads, same load)."""
+    device: torch.device,
+    dtype: torch.dtype,
+    max_size: int = 2048,
+    repeats: int = 3,
+    budget_s: float = 0.5,
+) -> dict[str, Any]:
+    """This machine's best ``torch.matmul`` rate in ``dtype``: for each side of
+    :func:`peak_sizes` one untimed warm-up call, then the best of ``repeats`` timed calls; the
+    best rate over the sizes is ``flop_s``. Measured in the same run as the model (same threads,
+    same load). A size whose warm-up call took over ``budget_s`` is timed once and ends the climb
+    (bf16 emulated on a CPU without bf16 hardware runs ~50x slower than fp32: larger sides would
+    take minutes).
+
+    Returns ``{"flop_s", "size" (the best side), "by_size" {side: FLOP/s}}``.
+    """
     g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, device=device, dtype=dtype, generator=g)
-    b = torch.randn(size, size, device=device, dtype=dtype, generator=g)
-    times = time_interleaved({"mm": lambda: torch.matmul(a, b)}, iters, 1, device)["mm"]
-    return 2.0 * size**3 / min(times)
+    by_size: dict[int, float] = {}
+    for n in peak_sizes(max_size):
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        sync(device)
+        slow = time.perf_counter() - t0 > budget_s  # then one timed call, and no larger side
+        mm = {"mm": functools.partial(torch.matmul, a, b)}
+        times = time_interleaved(mm, 1 if slow else repeats, 0, device)["mm"]
+        by_size[n] = 2.0 * n**3 / min(times)
+        if slow:
+            break
+    best = max(by_size, key=by_size.__getitem__)
+    return {"flop_s": by_size[best], "size": best, "by_size": by_size}
