@@ -13,7 +13,7 @@ setup(
     packages=find_packages(include=["cvmtl", "cvmtl.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.6",  # nn.utils.get_total_norm / clip_grads_with_norm_
         "torchvision",
         "timm>=1.0",
         "albumentations>=2.0",
