@@ -323,6 +323,31 @@ def test_active_subset_runs_for_every_method(name):
     assert shared.shape == (30,) and torch.isfinite(shared).all() and w.shape == (2,)
 
 
+def test_active_is_an_argument_not_state():
+    """The active set reaches the method as an argument of each call (nothing a caller sets and
+    the method reads back); the last call's set is kept for logging only."""
+    from cvmtl.balancers.base import GradientBalancer
+
+    seen = []
+
+    class Probe(GradientBalancer):
+        def _weights_from_gram(self, gram, losses, active):
+            seen.append(list(active))
+            return torch.arange(1.0, len(active) + 1, dtype=gram.dtype)
+
+    b = Probe(TASKS)
+    g = rand(2, 5, seed=91)
+    shared, w = b.combine(g, torch.ones(2), active=[2, 0])
+    torch.testing.assert_close(shared, g[0] + 2 * g[1])
+    b.weights_from_gram(torch.eye(3, dtype=torch.float64), torch.ones(3))  # default: all tasks
+    assert seen == [[2, 0], [0, 1, 2]] and not hasattr(b, "active")
+    assert b.weights == {"seg": 1.0, "depth": 2.0, "normal": 3.0}
+    b.combine(g, torch.ones(2), active=[2, 0])
+    assert b.weights == {"seg": 2.0, "depth": 0.0, "normal": 1.0}  # scattered by the last set
+    with pytest.raises(ValueError, match="2 gradient rows for 3 active tasks"):
+        b.combine(g, torch.ones(2), active=[0, 1, 2])
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_unknown_hparam_is_a_value_error(name):
     with pytest.raises(ValueError, match="bogus"):

@@ -21,8 +21,8 @@ class WeightedSum(GradientBalancer):
         super().__init__(tasks)
         self.w = torch.tensor(weights or [1.0] * len(self.tasks), dtype=torch.float64)
 
-    def _weights_from_gram(self, gram, losses):
-        return self.w[self.active].to(gram)
+    def _weights_from_gram(self, gram, losses, active):
+        return self.w[active].to(gram)
 
 
 def _setup(seed=0):

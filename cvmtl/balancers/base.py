@@ -5,8 +5,10 @@ its parameters (if any) go into the optimizer. A *gradient-level* balancer combi
 gradients ``grads [T, D]`` into one shared update ``[D]`` plus the weights ``[T]`` it used.
 
 Tasks without a label in a batch are left out of that step: the machinery passes only the rows
-of the tasks present and ``active``, their indices into ``self.tasks``. Stateful methods index
-their state with ``self.active`` so that absent tasks' state stays untouched.
+of the tasks present and ``active``, their indices into ``self.tasks``. ``combine`` and
+``weights_from_gram`` hand ``active`` on to ``_combine`` / ``_weights_from_gram`` as an argument
+(never as an attribute the caller sets): stateful methods index their state with it so that
+absent tasks' state stays untouched.
 """
 
 from __future__ import annotations
@@ -77,9 +79,10 @@ class GradientBalancer:
 
     def __init__(self, tasks: Sequence[str]) -> None:
         self.tasks = list(tasks)
-        self.active: list[int] = list(range(len(self.tasks)))
         self._last_weights: torch.Tensor | None = None
-        self._last_active: list[int] = list(self.active)
+        # Output for logging only (which tasks the last weights belong to); never read by a
+        # method: each call passes its own ``active``.
+        self._last_active: list[int] = list(range(len(self.tasks)))
 
     # -- public API --------------------------------------------------------------------------
     @property
@@ -108,10 +111,11 @@ class GradientBalancer:
         losses: torch.Tensor,
         active: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Combine ``grads [T, D]`` (rows of the ``active`` tasks) into ``([D], weights [T])``."""
-        self._set_active(active, grads.shape[0])
-        shared, weights = self._combine(grads.float(), losses.detach().float())
-        self._record(weights)
+        """Combine ``grads [T, D]`` (rows of the ``active`` tasks, default all) into
+        ``(update [D], weights [T])``."""
+        idx = self._active(active, grads.shape[0])
+        shared, weights = self._combine(grads.float(), losses.detach().float(), idx)
+        self._record(weights, idx)
         return shared, weights
 
     def weights_from_gram(
@@ -123,13 +127,14 @@ class GradientBalancer:
         """Weights ``[T]`` from the Gram matrix ``[T, T]``; the update is ``weights @ grads``."""
         if not self.uses_gram:
             raise NotImplementedError(f"{type(self).__name__} needs the raw gradients")
-        self._set_active(active, gram.shape[0])
-        weights = self._weights_from_gram(gram.double(), losses.detach().double()).float()
-        self._record(weights)
+        idx = self._active(active, gram.shape[0])
+        weights = self._weights_from_gram(gram.double(), losses.detach().double(), idx).float()
+        self._record(weights, idx)
         return weights
 
     def after_step(self, losses: torch.Tensor) -> None:
-        """Called after each optimizer step with the detached task losses ``[T]``."""
+        """Called after each optimizer step with the detached losses of the step's tasks, in
+        ``self.tasks`` order (a task without a label in the step is left out)."""
 
     def epoch_end(self) -> None:
         """Called at the end of each training epoch."""
@@ -144,27 +149,30 @@ class GradientBalancer:
         return iter(())
 
     # -- for subclasses -----------------------------------------------------------------------
+    # ``active``: the indices into ``self.tasks`` of the rows of ``grads`` / ``gram`` / ``losses``.
     def _combine(
-        self, grads: torch.Tensor, losses: torch.Tensor
+        self, grads: torch.Tensor, losses: torch.Tensor, active: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Default: the Gram-based weights applied to the rows."""
         # The Gram product in float32 is ~15x faster on CPU than in float64 (relative error ~1e-6
         # at D ~ 5e6); the small T x T solve below runs in float64.
         gram = (grads @ grads.T).double()
-        weights = self._weights_from_gram(gram, losses.double())
+        weights = self._weights_from_gram(gram, losses.double(), active)
         weights = weights.to(grads.dtype)
         return weights @ grads, weights
 
     def _weights_from_gram(
-        self, gram: torch.Tensor, losses: torch.Tensor
+        self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
     ) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def _set_active(self, active: Sequence[int] | None, rows: int) -> None:
-        self.active = list(range(len(self.tasks))) if active is None else list(active)
-        if len(self.active) != rows:
-            raise ValueError(f"{rows} gradient rows for {len(self.active)} active tasks")
+    def _active(self, active: Sequence[int] | None, rows: int) -> list[int]:
+        """``active`` as a list (default: every task); its length must match the rows."""
+        idx = list(range(len(self.tasks))) if active is None else list(active)
+        if len(idx) != rows:
+            raise ValueError(f"{rows} gradient rows for {len(idx)} active tasks")
+        return idx
 
-    def _record(self, weights: torch.Tensor) -> None:
+    def _record(self, weights: torch.Tensor, active: list[int]) -> None:
         self._last_weights = weights.detach()
-        self._last_active = list(self.active)
+        self._last_active = active

@@ -40,7 +40,7 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def active_index(active: list[int], device: torch.device) -> torch.Tensor:
-    """``self.active`` as an index tensor on ``device`` (no sync)."""
+    """``active`` (indices into the balancer's tasks) as an index tensor on ``device`` (no sync)."""
     return to_device(torch.tensor(active, dtype=torch.int64), device)
 
 

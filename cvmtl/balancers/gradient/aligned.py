@@ -26,7 +26,9 @@ class AlignedMTL(GradientBalancer):
         super().__init__(tasks)
         parse_hparams("aligned_mtl", hparams, {})
 
-    def _weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    def _weights_from_gram(
+        self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
+    ) -> torch.Tensor:
         lam, vec = torch.linalg.eigh(gram)
         # The reference code uses float32 eps (its Gram is float32); float64 eps would keep
         # round-off eigenvalues of a rank-deficient system.

@@ -30,7 +30,9 @@ class CAGrad(GradientBalancer):
             raise ValueError(f"cagrad: rescale must be 0, 1 or 2, got {hp['rescale']!r}")
         self.rescale = int(hp["rescale"])
 
-    def _weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    def _weights_from_gram(
+        self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
+    ) -> torch.Tensor:
         n = gram.shape[0]
         mean = gram.new_full((n,), 1.0 / n)
         w = cagrad_dual(gram, self.c)

@@ -38,18 +38,20 @@ class DBMTL(GradientBalancer):
         self.buffer: torch.Tensor | None = None
         self.counts = torch.zeros(len(self.tasks), dtype=torch.int64)
 
-    def _weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    def _weights_from_gram(
+        self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
+    ) -> torch.Tensor:
         inv = 1.0 / (losses + 1e-8)
         norms = gram.diagonal().clamp_min(0).sqrt() * inv
         return norms.max() / (norms + 1e-8) * inv
 
     def _combine(
-        self, grads: torch.Tensor, losses: torch.Tensor
+        self, grads: torch.Tensor, losses: torch.Tensor, active: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.uses_gram:
-            return super()._combine(grads, losses)
+            return super()._combine(grads, losses, active)
         dev = grads.device
-        idx = active_index(self.active, dev)
+        idx = active_index(active, dev)
         inv = 1.0 / (losses + 1e-8)
         logg = grads * inv[:, None]  # gradient of log L_t
         if self.buffer is None or self.buffer.shape[1] != grads.shape[1]:
@@ -63,8 +65,8 @@ class DBMTL(GradientBalancer):
             self.buffer = grads.new_zeros(len(self.tasks), grads.shape[1])
             self.counts = torch.zeros(len(self.tasks), dtype=torch.int64)
         self.buffer = self.buffer.to(dev)
-        self.counts[self.active] += 1
-        k = self.counts[self.active].to(torch.float32)
+        self.counts[active] += 1
+        k = self.counts[active].to(torch.float32)
         beta_k = torch.where(k > 1, self.beta / k**self.beta_sigma, torch.zeros_like(k))
         beta_k = to_device(beta_k, dev)[:, None]  # counts live on the CPU: no sync
         new = logg + beta_k * (self.buffer[idx] - logg)

@@ -42,7 +42,7 @@ class GradDrop(GradientBalancer):
         self.step = 0
 
     def _combine(
-        self, grads: torch.Tensor, losses: torch.Tensor
+        self, grads: torch.Tensor, losses: torch.Tensor, active: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         purity = 0.5 * (1.0 + grads.sum(0) / (grads.abs().sum(0) + 1e-7))
         u = graddrop_uniform(grads.shape[1], grads.device, self.seed, self.step)

@@ -35,9 +35,11 @@ class GradNorm(GradientBalancer):
         self.initial_losses = torch.zeros(n, dtype=torch.float64)
         self.seen = torch.zeros(n, dtype=torch.bool)
 
-    def _weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    def _weights_from_gram(
+        self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
+    ) -> torch.Tensor:
         dev = gram.device
-        idx = active_index(self.active, dev)
+        idx = active_index(active, dev)
         self.w, self.initial_losses, self.seen = (
             t.to(dev) for t in (self.w, self.initial_losses, self.seen)
         )

@@ -32,11 +32,13 @@ class GradVac(GradientBalancer):
         self.step = 0
         self.rho = torch.zeros(len(self.tasks), len(self.tasks), dtype=torch.float64)
 
-    def _weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    def _weights_from_gram(
+        self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
+    ) -> torch.Tensor:
         n, dev = gram.shape[0], gram.device
         orders = random_orders(n, self.seed, self.step, dev)
         self.step += 1
-        idx = active_index(self.active, dev)
+        idx = active_index(active, dev)
         self.rho = self.rho.to(dev)
         rho = self.rho[idx][:, idx].clone()
         coef = torch.eye(n, dtype=gram.dtype, device=dev)

@@ -24,7 +24,9 @@ class IMTL(GradientBalancer):
         super().__init__(tasks)
         parse_hparams("imtl", hparams, {})
 
-    def _weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    def _weights_from_gram(
+        self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
+    ) -> torch.Tensor:
         norms = gram.diagonal().clamp_min(0).sqrt()
         gu = gram / norms.clamp_min(1e-300)[None, :]  # gu[a, b] = g_a . u_b
         x = gu[0, 0] - gu[0, 1:]  # g_1 U^T

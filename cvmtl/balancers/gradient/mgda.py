@@ -31,7 +31,9 @@ class MGDA(GradientBalancer):
             )
         self.normalization: str = hp["normalization"]
 
-    def _weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    def _weights_from_gram(
+        self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
+    ) -> torch.Tensor:
         norms = gram.diagonal().clamp_min(0).sqrt()
         if self.normalization == "none":
             return min_norm_simplex(gram)

@@ -51,8 +51,10 @@ class NashMTL(GradientBalancer):
         self.last_residual = torch.zeros((), dtype=torch.float64)
         self._reported = 0
 
-    def _weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        idx = active_index(self.active, gram.device)
+    def _weights_from_gram(
+        self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
+    ) -> torch.Tensor:
+        idx = active_index(active, gram.device)
         self.alpha = self.alpha.to(gram.device)
         self.failures = self.failures.to(gram.device)
         warm = self.alpha[idx]
@@ -60,7 +62,7 @@ class NashMTL(GradientBalancer):
             g = gram / torch.linalg.matrix_norm(gram).clamp_min(1e-300)
             # Rescale the warm start to its best multiple: phi(s a) is minimal at
             # s = sqrt(T / a^T G a); a cheap first step toward the new solution.
-            scale = (len(self.active) / (warm @ g @ warm).clamp_min(1e-300)).sqrt()
+            scale = (len(active) / (warm @ g @ warm).clamp_min(1e-300)).sqrt()
             warm = warm * scale.clamp(1e-3, 1e3)  # bounded: a^T G a ~ 0 near Pareto-stationarity
             alpha, res = nash_newton(g, warm, self.optim_niter)
             finite = torch.isfinite(alpha).all() & (alpha > 0).all()

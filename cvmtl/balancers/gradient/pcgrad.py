@@ -46,7 +46,9 @@ class PCGrad(GradientBalancer):
         self.seed = int(hp["seed"])
         self.step = 0
 
-    def _weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    def _weights_from_gram(
+        self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
+    ) -> torch.Tensor:
         orders = random_orders(gram.shape[0], self.seed, self.step, gram.device)
         self.step += 1
         return project_conflicts(gram, orders).sum(0)

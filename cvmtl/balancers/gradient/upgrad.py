@@ -27,7 +27,9 @@ class UPGrad(GradientBalancer):
         super().__init__(tasks)
         parse_hparams("upgrad", hparams, {})
 
-    def _weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    def _weights_from_gram(
+        self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
+    ) -> torch.Tensor:
         n = gram.shape[0]
         lower = torch.eye(n, dtype=gram.dtype, device=gram.device) / n
         return min_quad_lower(gram, lower).sum(0)
