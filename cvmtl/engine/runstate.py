@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import threading
@@ -15,7 +14,9 @@ import torch
 from torch import nn
 
 from cvmtl.distributed import all_reduce_sum, is_dist
-from cvmtl.tasks import TASKS, get_task, higher_is_better
+from cvmtl.engine.selection import BestSoFar
+from cvmtl.metrics import delta_m as delta_m_of
+from cvmtl.tasks import TASKS, get_task
 
 
 def seed_everything(seed: int) -> None:
@@ -127,40 +128,37 @@ def _zero_baselines(baselines: dict | None) -> list[str]:
     ]
 
 
-class BestTracker:
+class BestTracker(BestSoFar):
     """Chooses ``best.pt`` on the validation split by ``train.best_metric``.
 
-    ``task/metric`` uses that metric's direction from :mod:`cvmtl.tasks`. ``delta_m`` needs
-    ``baselines.json`` in the run folder; without it selection falls back to the first task's
-    first delta_m metric (``seg/miou`` for the default tasks), and :attr:`note` says so.
+    The rule is :class:`cvmtl.engine.selection.BestSoFar` (as :func:`select_best` offline); this
+    adds the run folder's baselines and the checkpoint state. ``task/metric`` uses that metric's
+    direction from :mod:`cvmtl.tasks`. ``delta_m`` needs ``baselines.json`` in the run folder;
+    without it selection falls back to the first task's first delta_m metric (``seg/miou`` for
+    the default tasks), and :attr:`note` says so.
     """
 
+    key = "train.best_metric"
+
     def __init__(self, best_metric: str, tasks: list[str], run_dir: Path, val_split: str):
-        self.tasks = tasks
         self.path = run_dir / "baselines.json"
-        self.baselines = load_baselines(self.path, val_split, tasks)
+        baselines = load_baselines(self.path, val_split, tasks)
         self.note = ""
-        zero = _zero_baselines(self.baselines)
-        if best_metric == "delta_m" and (self.baselines is None or zero):
+        zero = _zero_baselines(baselines)
+        if best_metric == "delta_m" and (baselines is None or zero):
             task = tasks[0]
             metric = next(iter(get_task(task).delta_metrics))
             why = f"has 0 for {zero} (relative change undefined)" if zero else "has no"
             self.note = (
-                f"train.best_metric=delta_m but {run_dir / 'baselines.json'} {why} "
+                f"train.best_metric=delta_m but {self.path} {why} "
                 f"'{val_split}' baselines for {tasks}: choosing best.pt by {task}/{metric}"
             )
-            self.baselines = None
+            baselines = None
             best_metric = f"{task}/{metric}"
-        self.metric = best_metric
-        if best_metric == "delta_m":
-            self.higher = True
-        else:
-            task, name = best_metric.split("/", 1)
-            if task not in tasks:
-                raise ValueError(f"train.best_metric={best_metric}: task {task!r} not trained")
-            self.higher = higher_is_better(task, name)
-        self.value: float | None = None
-        self.step: int | None = None
+        task = best_metric.split("/", 1)[0]
+        if best_metric != "delta_m" and task not in tasks:
+            raise ValueError(f"train.best_metric={best_metric}: task {task!r} not trained")
+        super().__init__(best_metric, tasks, baselines)
 
     def delta_m(self, results: dict, split: str | None = None) -> dict | None:
         """delta_m of ``results`` against the baselines of ``split`` (default: validation);
@@ -170,26 +168,7 @@ class BestTracker:
             return None
         if _zero_baselines(base):
             return None  # a zero baseline makes the relative change undefined
-        from cvmtl.metrics import delta_m
-
-        return delta_m(results, base, self.tasks)
-
-    def value_of(self, results: dict, dm: dict | None) -> float:
-        if self.metric == "delta_m":
-            return float(dm["overall"])
-        task, name = self.metric.split("/", 1)
-        if name not in results.get(task, {}):
-            raise ValueError(f"train.best_metric={self.metric}: the evaluator reports no {name}")
-        return float(results[task][name])
-
-    def update(self, value: float, step: int) -> bool:
-        """Record ``value``; True when it is the best so far (NaN never is)."""
-        if math.isnan(value):
-            return False
-        better = self.value is None or (value > self.value if self.higher else value < self.value)
-        if better:
-            self.value, self.step = value, step
-        return better
+        return delta_m_of(results, base, self.tasks)
 
     def state_dict(self) -> dict:
         return {"metric": self.metric, "value": self.value, "step": self.step}

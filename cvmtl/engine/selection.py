@@ -1,8 +1,11 @@
-"""Pick the best checkpoint from a history of validation results (offline, e.g. metrics.jsonl).
+"""The best-checkpoint rule, and picking the best entry of a finished validation history.
 
-The training loop chooses ``best.pt`` as it goes (:class:`cvmtl.engine.runstate.BestTracker`);
-this is the same rule written as a pure function over a finished history, for reports, tests and
-re-selection under another metric.
+:class:`BestSoFar` is the one rule: a value under ``best_metric`` (``delta_m`` or
+``task/metric``, with that metric's direction from :mod:`cvmtl.tasks`) replaces the best so far
+only when strictly better, so ties keep the earlier entry and NaN never wins. The training loop
+applies it as it goes (:class:`cvmtl.engine.runstate.BestTracker`, which adds baselines.json and
+the checkpoint state); :func:`select_best` applies it offline to a history (e.g. metrics.jsonl),
+for reports, tests and re-selection under another metric.
 """
 
 from __future__ import annotations
@@ -17,6 +20,48 @@ from cvmtl.metrics import delta_m
 from cvmtl.tasks import higher_is_better
 
 Results = Mapping[str, Mapping[str, Any]]
+
+
+class BestSoFar:
+    """The best value seen under ``metric``; ``delta_m`` scores need ``baselines``."""
+
+    #: how errors name the setting (the training loop's is ``train.best_metric``)
+    key = "best_metric"
+
+    def __init__(self, metric: str, tasks: Sequence[str], baselines: Results | None = None) -> None:
+        self.metric = metric
+        self.tasks = list(tasks)
+        self.baselines = baselines
+        if metric == "delta_m":
+            self.higher = True
+        else:
+            self.higher = higher_is_better(*metric.split("/", 1))
+        self.value: float | None = None
+        self.step: int | None = None
+
+    def value_of(self, results: Results, dm: Mapping[str, Any] | None = None) -> float:
+        """The score of ``results`` (``{task: {metric: v}}``); for ``delta_m`` the given
+        ``dm`` (a :func:`cvmtl.metrics.delta_m` result), else one against the baselines."""
+        if self.metric == "delta_m":
+            if dm is None:
+                if self.baselines is None:
+                    raise ValueError(f"{self.key}=delta_m needs baselines")
+                dm = delta_m(results, self.baselines, self.tasks)
+            return float(dm["overall"])
+        task, name = self.metric.split("/", 1)
+        if name not in results.get(task, {}):
+            raise ValueError(f"{self.key}={self.metric}: the results report no {task}/{name}")
+        return float(results[task][name])
+
+    def update(self, value: float, step: int | None) -> bool:
+        """Record ``value``; True when it is the best so far (NaN never is, ties keep the
+        earlier one)."""
+        if math.isnan(value):
+            return False
+        better = self.value is None or (value > self.value if self.higher else value < self.value)
+        if better:
+            self.value, self.step = value, step
+        return better
 
 
 def nest(flat: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -34,17 +79,6 @@ def nest(flat: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def score(results: Results, best_metric: str, tasks: Sequence[str], baselines: Results | None):
-    """(value, higher_is_better) of ``results`` under ``best_metric`` (``delta_m`` or
-    ``task/metric``). ``delta_m`` needs ``baselines`` ({task: {metric: value}})."""
-    if best_metric == "delta_m":
-        if baselines is None:
-            raise ValueError("best_metric=delta_m needs baselines")
-        return float(delta_m(results, baselines, tasks)["overall"]), True
-    task, metric = best_metric.split("/", 1)
-    return float(results[task][metric]), higher_is_better(task, metric)
-
-
 def select_best(
     history: Sequence[Mapping[str, Any]],
     best_metric: str,
@@ -54,20 +88,16 @@ def select_best(
     """The best entry of ``history`` -> ``{"index", "step", "value"}``.
 
     Each entry is ``{"step": s, "results": {task: {metric: v}}}`` or a flat metrics.jsonl record
-    (``{"step": s, "seg/miou": v, ...}``). Ties keep the earlier entry and NaN never wins, as in
-    the training loop. ValueError when no entry has a finite score.
+    (``{"step": s, "seg/miou": v, ...}``). The training loop's rule (:class:`BestSoFar`).
+    ValueError when no entry has a score that is not NaN.
     """
-    best: dict[str, Any] | None = None
+    best, index = BestSoFar(best_metric, tasks, baselines), None
     for i, entry in enumerate(history):
-        results = entry.get("results") or nest(entry)
-        value, higher = score(results, best_metric, tasks, baselines)
-        if math.isnan(value):
-            continue
-        if best is None or (value > best["value"] if higher else value < best["value"]):
-            best = {"index": i, "step": entry.get("step"), "value": value}
-    if best is None:
+        if best.update(best.value_of(entry.get("results") or nest(entry)), entry.get("step")):
+            index = i
+    if index is None:
         raise ValueError(f"select_best: no entry with a finite {best_metric}")
-    return best
+    return {"index": index, "step": best.step, "value": best.value}
 
 
 def val_history(run_dir: str | Path) -> list[dict[str, Any]]:
