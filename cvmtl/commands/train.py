@@ -67,8 +67,8 @@ def train(args: argparse.Namespace) -> int:
     if run_dir is not None:  # outputs go back into the resumed folder
         cfg.out_dir, cfg.name = str(run_dir.parent), run_dir.name
 
-    from cvmtl.engine.baselines import TrainingInterrupted, train_baselines
     from cvmtl.distributed import cleanup_distributed, is_main_process
+    from cvmtl.engine.baselines import TrainingInterrupted, train_baselines
     from cvmtl.engine.finetune import finetune_after_fit
     from cvmtl.engine.trainer import TrainingAborted, fit
 

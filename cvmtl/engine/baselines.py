@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from cvmtl.config import Config
 from cvmtl import distributed as du
+from cvmtl.config import Config
 from cvmtl.tasks import get_task
 
 log = logging.getLogger(__name__)

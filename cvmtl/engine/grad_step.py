@@ -22,13 +22,11 @@ from cvmtl.balancers import machinery as mach
 from cvmtl.engine.stepping import (
     Mark,
     StepInputs,
-    finish_step,
+    StepRecord,
+    apply_update,
     first_bad,
-    loss_flags,
     no_mark,
     prepare_step,
-    skipped,
-    step_losses,
 )
 
 
@@ -46,42 +44,31 @@ def gradient_step(
     """One optimizer step of a gradient-level balancer (see the module docstring)."""
     inputs = prepare_step(micro, model, scaler, cfg)
     tasks = list(balancer.tasks)
-    out: dict = {"losses": {}, "grad_norm": None, "skipped": False, "reason": None}
+    record = StepRecord(inputs, len(tasks))
+    weights = torch.zeros(len(tasks), device=inputs.device)
     reduced: set[int] = set()
-    weights_sum = torch.zeros(len(tasks), device=inputs.device)
-    total = torch.zeros((), device=inputs.device)
-    for j in range(inputs.k):
-        if not inputs.present[j]:
-            continue
+    for j in inputs.nonempty():
         part = _micro_step(model, inputs, j, balancer, cfg, mark)
         if part["bad_loss"]:
-            reason = f"non-finite loss: {part['bad_loss']}"
-            return skipped(out, reason, optimizer, step, len(tasks), inputs.device)
+            return record.skipped(f"non-finite loss: {part['bad_loss']}", optimizer, step)
         reduced |= part["reduced"]
-        if part["reason"]:  # the step is skipped, as for an overflow (see poison_grads)
+        if part["reason"]:  # the update is skipped, as for an overflow (see poison_grads)
             why = part["reason"]
-            out["reason"] = f"fp16 overflow ({why})" if inputs.use_scaler else why
+            record.out["reason"] = f"fp16 overflow ({why})" if inputs.use_scaler else why
             break
-        step_losses(out["losses"], part["losses"], inputs.k)
-        weights_sum += part["weights"] / inputs.k
-        total += part["total"] / inputs.k
-    if not out["losses"] and out["reason"] is None:
-        return skipped(out, "no labeled task", optimizer, step, len(tasks), inputs.device)
-    bad = out["reason"] is not None
-    out["weights"] = torch.zeros(len(tasks), device=inputs.device) if bad else weights_sum
-    out["total"] = total
-    if not step:
-        out["skipped"] = bad
-        return out
-    reason = finish_step(model, optimizer, scaler, cfg, reduced, out)
-    mark("optimizer")
-    if reason is not None or bad:
-        out.update(skipped=True, reason=out["reason"] or reason)
-        return out
-    active = [i for i, t in enumerate(tasks) if t in out["losses"]]
-    balancer.after_step(torch.stack([out["losses"][tasks[i]] for i in active]))
-    mark("balancer")
-    return out
+        record.add_losses(part["losses"], tested=True)
+        record.add_total(part["total"])
+        weights += part["weights"] / inputs.k
+    if not record.losses and record.out["reason"] is None:
+        return record.skipped("no labeled task", optimizer, step)
+    bad = record.out["reason"] is not None
+    record.out.update(weights=weights * (not bad), total=record.total, skipped=bad)
+    if step and apply_update(model, optimizer, scaler, cfg, record, reduced):
+        mark("optimizer")
+        active = [i for i, t in enumerate(tasks) if t in record.losses]
+        balancer.after_step(torch.stack([record.losses[tasks[i]] for i in active]))
+        mark("balancer")
+    return record.out
 
 
 def _micro_step(model, inputs: StepInputs, j: int, balancer, cfg, mark: Mark) -> dict:
@@ -97,7 +84,7 @@ def _micro_step(model, inputs: StepInputs, j: int, balancer, cfg, mark: Mark) ->
     mark("forward")
     losses = inputs.losses(preds, j, cfg)
     names = list(losses)
-    flags = loss_flags(losses)
+    flags = torch.isfinite(torch.stack([v.detach() for v in losses.values()]))
     mark("losses")
     reduced: set[int] = set()
     if features:

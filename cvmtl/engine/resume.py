@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cvmtl.config import Config, to_dict
 from cvmtl import distributed as du
+from cvmtl.config import Config, to_dict
 from cvmtl.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from cvmtl.engine.logging import RunLogger
 from cvmtl.engine.optim import ModelEMA

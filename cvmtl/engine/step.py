@@ -27,15 +27,12 @@ from torch import nn
 from cvmtl.balancers import machinery as mach
 from cvmtl.engine.stepping import (
     Mark,
+    StepRecord,
+    apply_update,
     buffers_kept,
     ddp_sync,
-    finish_step,
-    first_bad,
-    loss_flags,
     no_mark,
     prepare_step,
-    skipped,
-    step_losses,
     unwrap,
     world_share,
 )
@@ -95,51 +92,34 @@ def loss_step(
 ) -> dict:
     """The loss-level step (see the module docstring)."""
     inputs = prepare_step(micro, model, scaler, cfg)
-    net, tasks, k = unwrap(model), list(balancer.tasks), inputs.k
-    out: dict = {"losses": {}, "grad_norm": None, "skipped": False, "reason": None}
-    totals, flags, names, total_sum = out["losses"], [], [], 0.0
-    for j in range(k):
-        if not inputs.present[j]:
-            continue
-        with ddp_sync(model, last=j == k - 1):
+    net, record = unwrap(model), StepRecord(inputs, len(balancer.tasks))
+    for j in inputs.nonempty():
+        with ddp_sync(model, last=j == inputs.k - 1):
             with inputs.autocast:
                 preds = model(inputs.image(micro[j]))
             mark("forward")
             losses = inputs.losses(preds, j, cfg, every_task=balancer.linear_in_losses)
-            names += list(losses)
-            flags.append(loss_flags(losses))
-            # with fp16 the scaler must not back off for a bad loss: test it now
-            bad = first_bad(list(losses), flags[-1].tolist()) if inputs.use_scaler else ""
-            if bad:
-                reason = f"non-finite loss: {bad}"
-                return skipped(out, reason, optimizer, step, len(tasks), inputs.device)
+            if bad := record.add_losses(losses):
+                return record.skipped(f"non-finite loss: {bad}", optimizer, step)
             mark("losses")
             total = balancer(losses)
             mark("balancer")
             objective = total + world_share(net.regularization()) + _touch_absent(model, preds)
             (objective * inputs.mult).backward()
             mark("backward")
-        step_losses(totals, losses, k)
-        total_sum = total_sum + total.detach() / k
-    if not totals:
-        return skipped(out, "no labeled task", optimizer, step, len(tasks), inputs.device)
-    _clear_absent(net, cfg, set(tasks) - set(totals))
-    if k > 1:
-        _balancer_grads_at(balancer, totals, inputs.mult)
-    out.update(total=total_sum + net.regularization().detach(), weights=balancer.last_weights)
-    if not step:
-        return out
-    deferred = None if inputs.use_scaler else (names, torch.cat(flags))
-    reason = finish_step(model, optimizer, scaler, cfg, set(), out, deferred)
-    mark("optimizer")
-    if reason is not None:
-        if reason.startswith("non-finite loss"):
-            return skipped(out, reason, optimizer, False, len(tasks), inputs.device)
-        out.update(skipped=True, reason=reason)
-        return out
-    _after_step(net, inputs, balancer, cfg, totals)
-    mark("balancer")  # the after-step hooks belong to the balancer
-    return out
+        record.add_total(total)
+    if not record.losses:
+        return record.skipped("no labeled task", optimizer, step)
+    _clear_absent(net, cfg, set(balancer.tasks) - set(record.losses))
+    if inputs.k > 1:
+        _balancer_grads_at(balancer, record.losses, inputs.mult)
+    record.out.update(total=record.total + net.regularization().detach())
+    record.out["weights"] = balancer.last_weights
+    if step and apply_update(model, optimizer, scaler, cfg, record):
+        mark("optimizer")
+        _after_step(net, inputs, balancer, cfg, record.losses)
+        mark("balancer")  # the after-step hooks belong to the balancer
+    return record.out
 
 
 def _touch_absent(model: nn.Module, preds: dict) -> torch.Tensor | float:

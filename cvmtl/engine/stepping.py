@@ -58,6 +58,10 @@ class StepInputs:
     def k(self) -> int:
         return len(self.batches)
 
+    def nonempty(self) -> list[int]:
+        """The micro-batches with a label for some task (the others contribute nothing)."""
+        return [j for j, tasks in enumerate(self.present) if tasks]
+
     def image(self, batch: dict) -> torch.Tensor:
         image = batch["image"].to(self.device, non_blocking=True)
         if self.channels_last and image.dim() == 4:
@@ -108,32 +112,84 @@ def ddp_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def loss_flags(losses: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Finiteness of each loss (a bool tensor; read later, with the gradient-norm test)."""
-    return torch.isfinite(torch.stack([v.detach() for v in losses.values()]))
-
-
-def step_losses(totals: dict[str, torch.Tensor], losses: dict[str, torch.Tensor], k: int) -> None:
-    """Add micro-batch losses (at step scale, see :meth:`StepInputs.losses`) into ``totals``,
-    which then holds the step's loss values (the mean over micro-batches)."""
-    for t, v in losses.items():
-        value = v.detach() / k
-        totals[t] = totals[t] + value if t in totals else value
-
-
 def first_bad(names: list[str], flags: list[bool]) -> str:
     """The names whose flag is False, comma-separated ("" when all are good)."""
     return ", ".join(t for t, good in zip(names, flags) if not good)
 
 
-def skipped(out: dict, reason: str, optimizer, step: bool, num_tasks: int, device) -> dict:
-    """``out`` for a step that applies nothing (never a partial accumulation)."""
-    out.update(skipped=True, reason=reason, total=torch.zeros((), device=device))
-    out["weights"] = torch.zeros(num_tasks, device=device)
-    out["grad_norm"] = None
-    if step:
-        optimizer.zero_grad(set_to_none=True)
-    return out
+class StepRecord:
+    """What a step's micro-batches produced, and the dict the step returns.
+
+    ``out``: ``losses`` (the step's task losses: the sum of the micro-batches' shares), ``total``,
+    ``weights``, ``grad_norm``, ``skipped``, ``reason``. The finiteness of every loss is kept on
+    the device and read once, at the optimizer step (see :meth:`deferred`), except with fp16,
+    where the GradScaler must not mistake a bad loss for an overflow: :meth:`add_losses` then
+    tests it at once.
+    """
+
+    def __init__(self, inputs: StepInputs, num_tasks: int) -> None:
+        self.inputs, self.num_tasks = inputs, num_tasks
+        self.names: list[str] = []
+        self.flags: list[torch.Tensor] = []
+        self.total = torch.zeros((), device=inputs.device)
+        self.out: dict = {"losses": {}, "grad_norm": None, "skipped": False, "reason": None}
+
+    @property
+    def losses(self) -> dict[str, torch.Tensor]:
+        return self.out["losses"]
+
+    def add_losses(self, losses: dict[str, torch.Tensor], tested: bool = False) -> str:
+        """Record a micro-batch's losses (at step scale); returns the names of non-finite ones
+        when they must be known now (fp16), else "". ``tested``: the caller has read their
+        finiteness already (the gradient steps read it with the per-task gradients')."""
+        k = self.inputs.k
+        for t, v in losses.items():
+            share = v.detach() / k
+            self.losses[t] = self.losses[t] + share if t in self.losses else share
+        if tested:
+            return ""
+        self.names += list(losses)
+        self.flags.append(torch.isfinite(torch.stack([v.detach() for v in losses.values()])))
+        return first_bad(list(losses), self.flags[-1].tolist()) if self.inputs.use_scaler else ""
+
+    def add_total(self, total: torch.Tensor) -> None:
+        self.total = self.total + total.detach() / self.inputs.k
+
+    def deferred(self) -> tuple[list[str], torch.Tensor] | None:
+        """The loss test still to read (None when it was read already)."""
+        if self.inputs.use_scaler or not self.flags:
+            return None
+        return self.names, torch.cat(self.flags)
+
+    def skipped(self, reason: str, optimizer, step: bool = True) -> dict:
+        """The result of a step that applies nothing (never a partial accumulation)."""
+        device = self.inputs.device
+        self.out.update(skipped=True, reason=reason, total=torch.zeros((), device=device))
+        self.out.update(weights=torch.zeros(self.num_tasks, device=device), grad_norm=None)
+        if step:
+            optimizer.zero_grad(set_to_none=True)
+        return self.out
+
+
+def apply_update(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    cfg,
+    record: StepRecord,
+    reduced: set[int] | None = None,
+) -> bool:
+    """:func:`finish_step` for ``record``'s step; False (and ``record.out`` says why) when
+    nothing was applied."""
+    deferred = record.deferred()
+    reason = finish_step(model, optimizer, scaler, cfg, reduced or set(), record.out, deferred)
+    if reason is None and record.out["reason"] is None:
+        return True
+    if reason is not None and reason.startswith("non-finite loss"):
+        record.skipped(reason, optimizer, step=False)
+    else:  # an earlier reason (a non-finite task gradient) names the task
+        record.out.update(skipped=True, reason=record.out["reason"] or reason)
+    return False
 
 
 def finish_step(

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cvmtl.config import Config, save_config, to_dict
 from cvmtl import distributed as du
+from cvmtl.config import Config, save_config, to_dict
 from cvmtl.engine.checkpoint import load_checkpoint, preserved_rng
 from cvmtl.engine.logging import LossWindow, RunLogger, flat_metrics, prediction_panels
 from cvmtl.engine.optim import ModelEMA, build_optimizer, build_scheduler
