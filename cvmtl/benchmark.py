@@ -148,8 +148,8 @@ def eager_fp32_config(cfg: Config) -> Config:
 
 def prepare(cfg: Config, dev: torch.device, model: nn.Module | None = None) -> tuple:
     """(model, optimizer) as the trainer sets them up: channels_last, compile, param groups."""
+    from cvmtl.engine.build import compile_children
     from cvmtl.engine.optim import build_optimizer
-    from cvmtl.engine.runstate import compile_children
 
     model = (model or build_model(cfg)).to(dev)
     if resolve_precision(cfg, dev).train.channels_last:
@@ -170,6 +170,7 @@ def run_benchmark(
     data: bool = False,
     evaluate: bool = True,
     compare_eager_fp32: bool = False,
+    compare: list[str] | tuple[str, ...] = (),
     peak_size: int | None = 2048,
 ) -> dict[str, Any]:
     """Benchmark ``cfg``'s model; DESIGN's benchmark JSON (plus more keys) as a dict.
@@ -179,11 +180,14 @@ def run_benchmark(
     ``data.root`` holds none). ``peak_size``: largest side of the matmuls that measure the peak
     FLOP/s for ``mfu`` (None: no mfu). ``train.amp`` / ``train.channels_last`` ``auto`` resolve
     for the device as in training (:mod:`cvmtl.precision`); the result says what they became.
+    ``compare``: ``key=value`` overrides of a second variant of ``cfg`` (e.g.
+    ``train.channels_last=true``), built from the same initial weights and timed interleaved
+    with the engine's step (-> ``compare``, ``speedup_vs_compare``).
     """
     dev = resolve_device(device or cfg.train.device)
     precision = precision_info(cfg, dev)
     precision["precision"] = describe_precision(cfg, dev)
-    cfg = resolve_precision(cfg, dev)
+    requested, cfg = cfg, resolve_precision(cfg, dev)
     load_before = load_average()
     torch.manual_seed(cfg.train.seed)
     if dev.type == "cuda":
@@ -197,6 +201,8 @@ def run_benchmark(
         base_model = copy.deepcopy(model).to(dev)
         base_opt = torch.optim.AdamW(base_model.parameters(), lr=cfg.train.lr)  # plain for-loop
         base_step = train_step or engine_train_step(base_cfg, dev)
+    if compare:
+        other = _variant(requested, compare, dev, model, train_step)
     model, optimizer = prepare(cfg, dev, model)
     step = train_step or engine_train_step(cfg, dev)
     bs = cfg.train.batch_size
@@ -206,8 +212,12 @@ def run_benchmark(
     fns = {"train": lambda: step(model, batch, optimizer)}
     if compare_eager_fp32:
         fns["eager_fp32"] = lambda: base_step(base_model, batch, base_opt)
+    if compare:
+        fns["compare"] = other["run"]
     for _ in range(warmup):  # compile / oneDNN kernels are picked on the first calls
         step(model, batch, optimizer)
+        if compare:
+            other["run"]()
     with MemoryPeak(dev) as mem:
         step(model, batch, optimizer)
         sync(dev)
@@ -223,6 +233,12 @@ def run_benchmark(
         result["eager_fp32"] = {"img_s": bs / eager["median"], "step_s": eager}
         result["speedup_vs_eager_fp32"] = eager["median"] / train_med
         result["speedup_vs_eager_fp32_min"] = eager["min"] / min(times["train"])
+    if compare:
+        st = stats(times["compare"])
+        result["compare"] = {"img_s": other["batch_size"] / st["median"], "step_s": st}
+        result["compare"].update({k: v for k, v in other.items() if k != "run"})
+        result["speedup_vs_compare"] = st["median"] / train_med
+        result["speedup_vs_compare_min"] = st["min"] / min(times["train"])
     if evaluate:
         from cvmtl.bench.evalbench import eval_benchmark
 
@@ -244,6 +260,35 @@ def run_benchmark(
         load_avg={"before": load_before, "after": load_average()},
     )
     return result
+
+
+def _variant(requested: Config, overrides, dev, model, train_step) -> dict[str, Any]:
+    """The ``compare`` variant: ``requested`` with ``overrides``, resolved for ``dev``, from a
+    copy of ``model`` (same initial weights), set up as the trainer does; ``run`` times one step."""
+    from cvmtl.bench.sweep import with_values
+    from cvmtl.config import parse_override
+
+    if train_step is not None:
+        raise ValueError("benchmark: compare works with the engine's step (not --step simple)")
+    values = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        values[".".join(keys)] = value
+    vcfg = with_values(requested, values)
+    info = precision_info(vcfg, dev)
+    vcfg = resolve_precision(vcfg, dev)
+    vmodel, vopt = prepare(vcfg, dev, copy.deepcopy(model))
+    vmodel.train()
+    vstep = engine_train_step(vcfg, dev)
+    vbatch = random_batch(vcfg, vcfg.train.batch_size, dev)
+    return {
+        "run": lambda: vstep(vmodel, vbatch, vopt),
+        "overrides": list(overrides),
+        "batch_size": vcfg.train.batch_size,
+        "amp_resolved": info["amp_resolved"],
+        "channels_last_resolved": info["channels_last_resolved"],
+        "precision": describe_precision(vcfg, dev),
+    }
 
 
 def _phases(step, model, optimizer, cfg, dev, iters, data, train_med) -> dict[str, Any]:

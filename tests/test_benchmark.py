@@ -101,6 +101,18 @@ def test_params_mode_phases_and_eager_comparison() -> None:
     assert result["speedup_vs_eager_fp32"] > 0 and result["eager_fp32"]["img_s"] > 0
 
 
+def test_compare_variant_is_timed_interleaved() -> None:
+    cfg = load_config(None, [*TINY, "train.amp=none", "train.channels_last=false"])
+    kw = dict(iters=1, warmup=0, phases=False, evaluate=False, peak_size=None)
+    result = run_benchmark(cfg, compare=["train.channels_last=true"], **kw)
+    other = result["compare"]
+    assert other["overrides"] == ["train.channels_last=true"] and other["img_s"] > 0
+    assert other["channels_last_resolved"] is True and result["channels_last_resolved"] is False
+    assert result["speedup_vs_compare"] > 0 and "channels_last=true" in other["precision"]
+    with pytest.raises(ValueError, match="compare"):
+        run_benchmark(cfg, train_step=lambda *a: None, compare=["train.lr=1"], **kw)
+
+
 def test_no_peak_means_no_mfu() -> None:
     cfg = load_config(None, TINY)
     result = run_benchmark(cfg, iters=1, warmup=0, peak_size=None, phases=False, evaluate=False)
@@ -255,7 +267,7 @@ def test_cli_rejects_bad_override() -> None:
 @pytest.mark.slow
 def test_compiled_model_matches_eager() -> None:
     """train.compile: the trainer's per-child torch.compile gives the eager outputs."""
-    from cvmtl.engine.runstate import compile_children
+    from cvmtl.engine.build import compile_children
     from cvmtl.models import build_model
 
     cfg = load_config(None, TINY)

@@ -32,6 +32,14 @@ def format_report(result: dict[str, Any]) -> str:
             f"{result['speedup_vs_eager_fp32']:.2f}x (of minima "
             f"{result['speedup_vs_eager_fp32_min']:.2f}x)"
         )
+    if "compare" in result:
+        c = result["compare"]
+        lines.append(
+            f"compare {' '.join(c['overrides'])} ({c['precision']}): "
+            f"{c['step_s']['median']:.3f} s/step (min {c['step_s']['min']:.3f}): this config "
+            f"{result['speedup_vs_compare']:.2f}x as fast (of minima "
+            f"{result['speedup_vs_compare_min']:.2f}x)"
+        )
     if "eval" in result:
         ev = result["eval"]
         lines.append(

@@ -2,7 +2,7 @@
 
 python tools/benchmark.py [--config C.yaml] [key=value ...] [--iters N] [--warmup N] [--json F]
        [--device cpu|cuda] [--step engine|simple] [--data] [--compare-eager-fp32]
-       [--peak-size 2048] [--no-eval] [--no-phases]
+       [--compare-with key=value ...] [--peak-size 2048] [--no-eval] [--no-phases]
 python tools/benchmark.py --loader [key=value ...]            # the data loader alone
 python tools/benchmark.py --sweep [--grid key=[v1,v2] ...] [--grid-mode axes|product]
        [--table F.md] [--json F.json]                           # a grid -> markdown table
@@ -47,7 +47,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also time the plain fp32 / NCHW / eager loop, interleaved",
     )
-    p.add_argument("--peak-size", type=int, default=2048, help="matmul side for peak FLOP/s")
+    p.add_argument(
+        "--compare-with",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also time the config with this override (repeatable), interleaved, from the same "
+        "weights: e.g. --compare-with train.channels_last=true",
+    )
+    p.add_argument(
+        "--peak-size",
+        type=int,
+        default=2048,
+        help="largest matmul side for the peak FLOP/s (sides 512, 1024, ... up to it)",
+    )
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation benchmark")
     p.add_argument("--no-phases", action="store_true", help="skip the per-phase breakdown")
     p.add_argument("--loader", action="store_true", help="benchmark the data loader alone")
@@ -116,6 +129,7 @@ def benchmark(args: argparse.Namespace) -> int:
             data=args.data,
             evaluate=not args.no_eval,
             compare_eager_fp32=args.compare_eager_fp32,
+            compare=args.compare_with,
             peak_size=args.peak_size or None,
         )
         print(format_report(result))
