@@ -7,7 +7,7 @@ single-task baselines then the multi-task model with the same step budget
 ``best.pt`` on the test split with delta_m (``report/``), draw panels and curves (``vis/``), and
 print a single-task vs multi-task table. A rerun reuses every finished stage and resumes an
 interrupted training of the same config from its ``last.pt``
-(:func:`cvmtl.engine.resume.prior_run`).
+(:func:`cvmtl.engine.run.prior_run`).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def train(cfg: Config) -> dict[str, Any]:
     schedule, batch size and step count (see :mod:`cvmtl.engine.baselines`).
     """
     from cvmtl.engine.baselines import multitask_steps, train_baselines
-    from cvmtl.engine.resume import prior_run, resume_flag
+    from cvmtl.engine.run import prior_run, resume_flag
     from cvmtl.engine.trainer import fit
 
     baselines = train_baselines(cfg)

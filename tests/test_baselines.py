@@ -9,8 +9,8 @@ from enginekit import one_thread  # noqa: F401  (autouse fixture)
 from evalkit import config, make_data, overrides
 
 from cvmtl.engine.baselines import baseline_config, read_summary, train_baselines
+from cvmtl.engine.best import BestTracker
 from cvmtl.engine.checkpoint import load_checkpoint
-from cvmtl.engine.runstate import BestTracker
 from cvmtl.engine.selection import nest, select_best, val_history
 from cvmtl.metrics import delta_m
 
@@ -114,7 +114,7 @@ def test_rerun_resumes_an_interrupted_baseline_of_the_same_config(tmp_path, monk
     through the same helpers) resumes the interrupted one instead of starting it over."""
     from cvmtl.engine import trainer
     from cvmtl.engine.checkpoint import save_checkpoint
-    from cvmtl.engine.resume import prior_run, resume_flag
+    from cvmtl.engine.run import prior_run, resume_flag
 
     data = make_data(tmp_path / "data")
     cfg = config(data, tmp_path / "runs", tasks="[depth]", train__max_steps=2)

@@ -192,7 +192,7 @@ def test_fit_compile(tiny_data, tmp_path):
 
 
 def test_best_tracker_rules(tmp_path):
-    from cvmtl.engine.runstate import BestTracker
+    from cvmtl.engine.best import BestTracker
 
     tasks = ["seg", "depth"]
     res = {"seg": {"miou": 40.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.5, "rel_err": 0.2}}

@@ -80,7 +80,7 @@ def train_baselines(cfg: Config, tasks: list[str] | None = None) -> dict[str, An
     Under torchrun every rank calls this; rank 0 evaluates and writes the files.
     Raises :class:`TrainingInterrupted` when a baseline run is stopped by a signal.
     """
-    from cvmtl.engine.resume import prior_run, resume_flag
+    from cvmtl.engine.run import prior_run, resume_flag
     from cvmtl.engine.trainer import fit
 
     tasks = list(tasks or cfg.tasks)

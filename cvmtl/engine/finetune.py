@@ -97,10 +97,10 @@ def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None
     return finetune.json's content."""
     from cvmtl.data.loader import build_loaders
     from cvmtl.engine.baselines import scalars
+    from cvmtl.engine.build import seed_everything
     from cvmtl.engine.checkpoint import load_checkpoint, save_checkpoint
     from cvmtl.engine.eval_run import load_model, pick_device
     from cvmtl.engine.evaluator import evaluate
-    from cvmtl.engine.runstate import seed_everything
 
     tasks = list(tasks or cfg.finetune.tasks or cfg.tasks)
     unknown = [t for t in tasks if t not in cfg.tasks]

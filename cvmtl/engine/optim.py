@@ -153,3 +153,11 @@ class ModelEMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = int(state["updates"])
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The lr of the non-backbone parameters (the one ``train.lr`` names)."""
+    for group in optimizer.param_groups:
+        if group.get("name") == "rest":
+            return float(group["lr"])
+    return float(optimizer.param_groups[0]["lr"])

@@ -3,7 +3,7 @@
 :class:`BestSoFar` is the one rule: a value under ``best_metric`` (``delta_m`` or
 ``task/metric``, with that metric's direction from :mod:`cvmtl.tasks`) replaces the best so far
 only when strictly better, so ties keep the earlier entry and NaN never wins. The training loop
-applies it as it goes (:class:`cvmtl.engine.runstate.BestTracker`, which adds baselines.json and
+applies it as it goes (:class:`cvmtl.engine.best.BestTracker`, which adds baselines.json and
 the checkpoint state); :func:`select_best` applies it offline to a history (e.g. metrics.jsonl),
 for reports, tests and re-selection under another metric.
 """

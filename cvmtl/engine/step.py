@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from cvmtl.balancers import machinery as mach
+from cvmtl.engine.buffers import buffers_kept
 from cvmtl.engine.stepping import (
     Mark,
     StepRecord,
     apply_update,
-    buffers_kept,
     ddp_sync,
     no_mark,
     prepare_step,

@@ -12,7 +12,7 @@ the finiteness test (one host read, with the deferred loss test), clipping, step
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -240,18 +240,6 @@ def finish_step(
     if grad_ok:
         return None
     return "fp16 overflow (non-finite gradient)" if use_scaler else "non-finite gradient"
-
-
-@contextlib.contextmanager
-def buffers_kept(model: nn.Module) -> Iterator[None]:
-    """Run a forward pass whose BatchNorm statistics updates are undone afterwards."""
-    buffers = list(model.buffers())
-    saved = [b.detach().clone() for b in buffers]
-    try:
-        yield
-    finally:
-        if buffers:
-            torch._foreach_copy_(buffers, saved)
 
 
 def world_share(reg: torch.Tensor) -> torch.Tensor:

@@ -18,25 +18,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from cvmtl import distributed as du
-from cvmtl.config import Config, save_config, to_dict
+from cvmtl.config import Config
+from cvmtl.engine.buffers import BufferGuard
+from cvmtl.engine.build import broadcast_module, build_run
 from cvmtl.engine.checkpoint import load_checkpoint, preserved_rng
-from cvmtl.engine.logging import LossWindow, RunLogger, flat_metrics, prediction_panels
-from cvmtl.engine.optim import ModelEMA, build_optimizer, build_scheduler
-from cvmtl.engine.resume import Run, TrainState, config_changes, restore_state
-from cvmtl.engine.runstate import (
-    BestTracker,
-    BufferGuard,
-    base_lr,
-    broadcast_module,
-    compile_children,
-    seed_everything,
-    stop_agreed,
-)
-from cvmtl.precision import describe_precision, make_scaler, resolve_precision
+from cvmtl.engine.logging import LossWindow, flat_metrics, prediction_panels
+from cvmtl.engine.optim import base_lr
+from cvmtl.engine.run import Run
+from cvmtl.engine.signals import stop_agreed
 
 
 def fit(cfg: Config, *, resume: bool | str | Path | None = None) -> dict[str, Any]:
@@ -57,126 +47,6 @@ def fit(cfg: Config, *, resume: bool | str | Path | None = None) -> dict[str, An
     finally:
         run.stop.restore()
         run.logger.close()
-
-
-def build_run(cfg: Config, resume: Any, distributed: bool, device: torch.device) -> Run:
-    """Everything a run needs, restored from its checkpoint when resuming."""
-    # Imported here: they pull in timm / albumentations, and the modules stay importable alone.
-    from cvmtl.balancers import build_balancer
-    from cvmtl.data.loader import batches_per_epoch, build_loaders
-    from cvmtl.engine.step import select_step
-    from cvmtl.models.build import build_model
-
-    user_cfg, cfg = cfg, resolve_precision(cfg, device)  # auto -> what this device runs best
-    if cfg.model.norm == "syncbn" and distributed and device.type != "cuda":
-        raise ValueError(
-            "model.norm=syncbn needs CUDA: torch's SyncBatchNorm does not run on CPU (gloo); "
-            "use model.norm=gn (exact under DDP) or bn"
-        )
-    ckpt = _read_checkpoint(cfg, resume)
-    seed_everything(cfg.train.seed)
-    loaders = build_loaders(cfg, distributed)
-    model = build_model(cfg).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    broadcast_module(model)  # same start on every rank, whatever the init did
-    balancer = build_balancer(cfg.loss.balancer, cfg.tasks, **cfg.loss.balancer_args)
-    if isinstance(balancer, nn.Module):
-        balancer.to(device)
-    step_fn = select_step(balancer, cfg)  # refuses a combination that cannot be exact
-    ema = ModelEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
-    optimizer = build_optimizer(model, cfg.train, extra=balancer.parameters())
-    steps_per_epoch = batches_per_epoch(loaders["train"]) // cfg.train.accumulate
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"the train split gives {len(loaders['train'])} batches per epoch, fewer than "
-            f"train.accumulate={cfg.train.accumulate}: use a smaller batch_size or accumulate"
-        )
-    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
-    scaler = make_scaler(cfg.train.amp, device)
-    best = BestTracker(cfg.train.best_metric, cfg.tasks, cfg.run_dir, cfg.data.val_split)
-    state = TrainState()
-    if ckpt is not None:
-        restore_state(ckpt, state, model, ema, optimizer, scheduler, scaler, balancer, best)
-    if cfg.train.compile:
-        compile_children(model)  # in place: state_dict names stay those of the plain model
-    run = Run(
-        cfg=cfg,
-        saved_config=to_dict(user_cfg),
-        device=device,
-        model=model,
-        train_model=_wrap_ddp(model, balancer, device) if distributed else model,
-        step_fn=step_fn,
-        ema=ema,
-        balancer=balancer,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=scaler,
-        loaders=loaders,
-        logger=RunLogger(cfg.run_dir, du.is_main_process(), state.step if ckpt else None),
-        best=best,
-        state=state,
-        total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch,
-    )
-    _announce(run, user_cfg, ckpt)
-    return run
-
-
-def _read_checkpoint(cfg: Config, resume: Any) -> dict | None:
-    """The checkpoint to resume from, read by rank 0 and sent to every rank: the nodes of a
-    multi-node run need no shared disk for it."""
-    if not resume:
-        return None
-    path = cfg.run_dir / "last.pt" if resume is True else Path(resume)
-    ckpt = (
-        load_checkpoint(path / "last.pt" if path.is_dir() else path)
-        if du.is_main_process()
-        else None
-    )
-    return du.broadcast_object(ckpt)
-
-
-def _wrap_ddp(model: nn.Module, balancer, device: torch.device) -> nn.Module:
-    """Loss-level balancers train through ``DistributedDataParallel`` (its bucketed all-reduce
-    overlaps the backward pass); gradient-level ones reduce what they need themselves."""
-    if balancer.kind == "gradient":
-        return model
-    with warnings.catch_warnings():
-        # torch deprecates broadcast_buffers but says to keep it while rank-local buffers are
-        # wanted: BatchNorm statistics stay per rank while training and are averaged before
-        # every evaluation and save (Run.sync_buffers), instead of being overwritten by rank 0's.
-        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated")
-        ddp = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
-        )
-    # Losses are global means, so the gradients SUM over ranks (DDP's default averages).
-    ddp.register_comm_hook(None, du.sum_allreduce_hook)
-    return ddp
-
-
-def _announce(run: Run, user_cfg: Config, ckpt: dict | None) -> None:
-    """Write config.yaml and log what this run is: precision, resume, warnings."""
-    logger, run_dir = run.logger, run.cfg.run_dir
-    if du.is_main_process():
-        if ckpt is None and (run_dir / "last.pt").is_file():
-            logger.info(f"warning: {run_dir} holds an earlier run; starting over (see --resume)")
-            (run_dir / "best.pt").unlink(missing_ok=True)  # a stale best.pt would be tested
-        save_config(user_cfg, run_dir / "config.yaml")
-    logger.info("precision: " + describe_precision(user_cfg, run.device))
-    if ckpt is not None:
-        changed = config_changes(ckpt.get("config", {}), run.saved_config)
-        logger.info(
-            f"resuming {run_dir} at step {run.state.step} (epoch {run.state.epoch}, "
-            f"batch {run.state.batch}){'; config changes: ' + changed if changed else ''}"
-        )
-    if run.best.note:
-        logger.info("warning: " + run.best.note)
-    if getattr(run.model, "init_skipped", None):
-        logger.info(f"init_from: kept fresh weights for {len(run.model.init_skipped)} tensors")
 
 
 def _loop(run: Run) -> dict[str, Any]:

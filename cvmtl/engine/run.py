@@ -10,10 +10,11 @@ from torch import nn
 
 from cvmtl import distributed as du
 from cvmtl.config import Config, to_dict
+from cvmtl.engine.best import BestTracker
 from cvmtl.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from cvmtl.engine.logging import RunLogger
 from cvmtl.engine.optim import ModelEMA
-from cvmtl.engine.runstate import BestTracker, GracefulStop
+from cvmtl.engine.signals import GracefulStop
 
 
 @dataclass
