@@ -2,7 +2,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-EXPORT = ["onnx>=1.16", "onnxscript", "onnxruntime>=1.18"]
+# onnxscript is pre-1.0 and changes its exporter between minor series: the tested one only
+EXPORT = ["onnx>=1.16", "onnxscript>=0.7,<0.8", "onnxruntime>=1.18"]
 
 setup(
     name="cvmtl",
@@ -16,7 +17,8 @@ setup(
         "torch>=2.6",  # nn.utils.get_total_norm / clip_grads_with_norm_
         "torchvision",
         "timm>=1.0",
-        "albumentations>=2.0",
+        # 2.0.x is the last MIT-licensed series (later releases moved to a copyleft licence)
+        "albumentations>=2.0,<2.1",
         "opencv-python-headless>=4.8",
         "numpy",
         "PyYAML",
