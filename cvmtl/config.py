@@ -40,6 +40,9 @@ class DataConfig:
     scale_range: list[float] = field(default_factory=lambda: [1.0, 1.5])
     hflip: bool = True
     color_jitter: float = 0.2
+    # any albumentations pixel-level pipeline, one serialized transform per item (replaces the
+    # color_jitter default), e.g. [{__class_fullname__: ColorJitter, brightness: 0.3, p: 0.8}]
+    photometric: list[dict[str, Any]] | None = None
     eval_batch_size: int = 0  # 0 = train.batch_size
 
 

@@ -151,3 +151,37 @@ def test_padding_uses_each_targets_invalid_value():
     np.testing.assert_array_equal(out["image"][2:], s["image"])
     np.testing.assert_array_equal(out["seg"][2:], s["seg"])
     np.testing.assert_array_equal(out["depth"][2:], s["depth"])
+
+
+def test_photometric_pipeline_from_the_config_acts_on_the_image_only(tmp_path):
+    from cvmtl.config import load_config
+    from cvmtl.data.transforms import build_transforms
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"data:\n  crop: [12, 16]\n  scale_range: [1.2, 1.6]\n  mean: {MEAN}\n  std: {STD}\n"
+        "  photometric:\n    - {__class_fullname__: ToGray, p: 1.0}\n"
+    )
+    train, _ = build_transforms(load_config(path))
+    plain = TrainTransform((H, W), (1.2, 1.6), MEAN, STD, color_jitter=0.0)
+    s = _sample()
+    got, ref = train(s, rng_seed=(1, 2, 3)), plain(s, rng_seed=(1, 2, 3))
+    for key in ("seg", "depth", "normal"):  # same geometry, targets untouched
+        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=0)
+    rgb = got["image"] * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+    assert torch.allclose(rgb[0], rgb[1], atol=1e-5) and torch.allclose(rgb[1], rgb[2], atol=1e-5)
+    assert not torch.allclose(ref["image"][0], ref["image"][1])  # the photo was not grey
+
+
+@pytest.mark.parametrize(
+    "steps,words",
+    [
+        ([{"__class_fullname__": "HorizontalFlip", "p": 1.0}], ["HorizontalFlip", "image-only"]),
+        ([{"__class_fullname__": "NoSuchTransform"}], ["not an albumentations pipeline"]),
+        ([{"__class_fullname__": "ColorJitter", "brightnes": 0.2}], ["brightnes"]),
+    ],
+)
+def test_photometric_refuses_geometry_and_bad_transforms(steps, words):
+    with pytest.raises(ValueError, match="data.photometric") as err:
+        TrainTransform((H, W), photometric=steps)
+    assert all(w in str(err.value) for w in words), str(err.value)

@@ -5,7 +5,12 @@ cv2: it resamples only the crop (cheap), pads every target with its own invalid 
 seg 255, depth 0, normal 0; albumentations' PadIfNeeded has one ``fill_mask`` for all masks),
 divides depth by the scale factor and negates normal x on a flip (albumentations knows neither).
 Targets are resampled nearest, so labels stay integers and invalid pixels stay invalid.
-Photometric jitter is an albumentations ``Compose(strict=True)`` on the image only.
+Geometry stays ours rather than albumentations' because the targets are not plain masks: depth
+must be divided by the scale and normals must turn with the image, which no albumentations
+transform knows. Photometric augmentation is any albumentations pipeline on the image only: the
+config's ``data.photometric`` (albumentations' own serialized form, one dict per transform), by
+default a ``ColorJitter`` of strength ``data.color_jitter``; a transform that would move pixels
+(and so desynchronize the labels) is refused.
 
 Randomness: ``transform(sample, rng_seed=(seed, epoch, index))`` draws everything from
 ``np.random.default_rng(SeedSequence(rng_seed))`` (albumentations is re-seeded from it), so a
@@ -115,8 +120,43 @@ def scale_crop_flip(
     return out
 
 
+def photometric_pipeline(steps: list[dict[str, Any]] | None, color_jitter: float = 0.2) -> Any:
+    """The image-only albumentations ``Compose(strict=True)``: ``steps`` in albumentations'
+    serialized form (``{"__class_fullname__": "ColorJitter", "brightness": 0.2, ...}``), or
+    without them a ColorJitter of strength ``color_jitter`` (None when that is 0)."""
+    import albumentations as A
+
+    if steps is None:
+        if color_jitter <= 0:
+            return None
+        j = float(color_jitter)
+        jitter = A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(j / 4, 0.5), p=0.8)
+        return A.Compose([jitter], strict=True)
+    spec = {"__class_fullname__": "Compose", "transforms": list(steps), "strict": True}
+    try:
+        pipeline = A.from_dict({"transform": spec})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"data.photometric: not an albumentations pipeline ({err!r})") from None
+    for leaf in _leaves(pipeline):
+        if not isinstance(leaf, A.ImageOnlyTransform):
+            raise ValueError(
+                f"data.photometric: {type(leaf).__name__} is not a pixel-level (image-only) "
+                "transform; geometry is data.scale_range / data.crop / data.hflip, which keep "
+                "depth and normals consistent"
+            )
+    return pipeline
+
+
+def _leaves(transform: Any) -> list[Any]:
+    """The transforms inside nested compositions (Compose, OneOf, SomeOf, Sequential)."""
+    children = getattr(transform, "transforms", None)
+    if children is None:
+        return [transform]
+    return [leaf for child in children for leaf in _leaves(child)]
+
+
 class TrainTransform:
-    """Random scale in ``scale_range``, crop to ``crop`` (padding if needed), flip, jitter."""
+    """Random scale in ``scale_range``, crop to ``crop`` (padding if needed), flip, photometric."""
 
     def __init__(
         self,
@@ -126,6 +166,7 @@ class TrainTransform:
         std: Sequence[float] = (0.229, 0.224, 0.225),
         hflip: bool = True,
         color_jitter: float = 0.2,
+        photometric: list[dict[str, Any]] | None = None,
     ) -> None:
         if len(crop) != 2 or min(crop) <= 0:
             raise ValueError(f"crop must be [height, width] > 0, got {crop}")
@@ -135,15 +176,7 @@ class TrainTransform:
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.mean, self.std = list(mean), list(std)
         self.hflip = hflip
-        self.photometric = None
-        if color_jitter > 0:
-            import albumentations as A
-
-            j = float(color_jitter)
-            self.photometric = A.Compose(
-                [A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(j / 4, 0.5), p=0.8)],
-                strict=True,
-            )
+        self.photometric = photometric_pipeline(photometric, color_jitter)
 
     def __call__(
         self, sample: dict[str, Any], rng_seed: int | Sequence[int] | None = None
@@ -182,7 +215,10 @@ class EvalTransform:
 
 
 def build_transforms(cfg: Any) -> tuple[TrainTransform, EvalTransform]:
-    """(train, eval) transforms from ``cfg.data`` (crop, scale_range, hflip, jitter, mean, std)."""
+    """(train, eval) transforms from ``cfg.data`` (crop, scale_range, hflip, color_jitter or
+    photometric, mean, std)."""
     d = cfg.data
-    train = TrainTransform(d.crop, d.scale_range, d.mean, d.std, d.hflip, d.color_jitter)
+    train = TrainTransform(
+        d.crop, d.scale_range, d.mean, d.std, d.hflip, d.color_jitter, d.photometric
+    )
     return train, EvalTransform(d.mean, d.std)
