@@ -12,6 +12,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["cvmtl", "cvmtl.*"]),
+    package_data={"cvmtl.configs": ["*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.6",  # nn.utils.get_total_norm / clip_grads_with_norm_

@@ -312,12 +312,19 @@ def from_dict(values: dict[str, Any]) -> Config:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
-    """Dataclass defaults <- YAML at ``path`` <- ``key=value`` overrides; validated."""
+    """Dataclass defaults <- YAML at ``path`` <- ``key=value`` overrides; validated.
+
+    ``path`` is a file, or the name of a shipped config (``synthetic_demo``; see
+    :mod:`cvmtl.configs`)."""
+    from cvmtl.configs import find_config, shipped
+
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        found = find_config(path)
+        if found is None:
+            names = ", ".join(shipped())
+            raise ConfigError(f"config file not found: {path} (shipped configs: {names})")
+        path = found
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

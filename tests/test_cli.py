@@ -168,3 +168,10 @@ def test_regular_install_has_every_command(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "usage: cvmtl make-synthetic" in out.stdout and "--contact-sheet" in out.stdout
     assert (site / "bin" / "cvmtl").is_file()  # the console script
+    # the shipped configs come with the install, found by name (and by the README's paths)
+    for name in ("synthetic_demo", "nyuv2_13_npy.yaml", "configs/nyud_mt_40.yaml"):
+        code = f"from cvmtl.config import load_config; print(load_config({name!r}).data.format)"
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "cwd", env=env,
+                             capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() in ("cvmtl", "nyuv2_npy", "nyud_mt")

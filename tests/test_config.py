@@ -61,3 +61,18 @@ def test_every_shipped_config_loads():
     assert len(configs) >= 4
     for path in configs:
         assert load_config(path).tasks  # loads and validates
+
+
+def test_shipped_config_by_name_path_wins_and_unknown_lists_them(tmp_path, monkeypatch):
+    from cvmtl.configs import shipped
+
+    monkeypatch.chdir(tmp_path)  # no checkout here: the names come from the package
+    assert load_config("synthetic_demo").name == "synthetic_demo"
+    assert load_config("nyuv2_13_npy.yaml").data.format == "nyuv2_npy"
+    own = tmp_path / "synthetic_demo"
+    own.write_text("name: mine\n")  # an existing file of that name wins
+    assert load_config("synthetic_demo").name == "mine"
+    with pytest.raises(ConfigError, match="config file not found: nope.yaml") as err:
+        load_config("nope.yaml")
+    assert all(name in str(err.value) for name in shipped())
+    assert {"synthetic_demo", "nyuv2_13_npy", "nyud_mt_40"} <= set(shipped())

@@ -25,7 +25,7 @@ from cvmtl.experiments import VARIANTS, compare, load_results, results_table
 
 def main(argv: list[str] | None = None) -> int:
     p = make_parser(__doc__)
-    p.add_argument("--config", default="configs/synthetic_demo.yaml")
+    p.add_argument("--config", default="synthetic_demo")
     p.add_argument("--out", default="runs/compare", help="output folder (results.json, table.md)")
     # comma lists: a space-separated nargs="+" would swallow the key=value overrides after it
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")

@@ -24,7 +24,7 @@ from cvmtl.demo import DemoOptions, run_demo
 def main(argv: list[str] | None = None) -> int:
     d = DemoOptions()
     p = make_parser(__doc__)
-    p.add_argument("--config", default="configs/synthetic_demo.yaml")
+    p.add_argument("--config", default="synthetic_demo")
     for split, n in d.counts.items():
         p.add_argument(f"--{split}", type=int, default=n, help=f"{split} scenes (default {n})")
     p.add_argument("--seed", type=int, default=d.seed, help="dataset seed")
