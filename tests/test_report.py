@@ -46,13 +46,13 @@ def test_angle_histogram_counts_valid_pixels_by_angle():
     g = torch.zeros(1, 3, 2, 3)
     g[:, 2] = 1.0
     g[0, :, 1, 2] = 0.0  # invalid
-    angles = torch.tensor([[0.5, 10.0, 20.0], [45.0, 100.0, 7.0]]).deg2rad()
+    angles = torch.tensor([[0.5, 11.0, 21.0], [46.0, 101.0, 7.0]]).deg2rad()  # off bin edges
     p = torch.stack([angles.sin(), torch.zeros_like(angles), angles.cos()])[None] * 3.0
     hist = AngleHistogram(bin_deg=5.0)
     hist.update(p, g)
     out = hist.compute()
     assert sum(out["count"]) == 5 and len(out["count"]) == 36
-    for deg in (0.5, 10.0, 20.0, 45.0, 100.0):
+    for deg in (0.5, 11.0, 21.0, 46.0, 101.0):
         assert out["count"][int(deg // 5)] >= 1
     assert nan_to_none({"a": [float("nan"), 1.0], "b": math.inf}) == {"a": [None, 1.0], "b": None}
 
@@ -167,3 +167,21 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
     assert len(colours) > 500
     chroma = img.max(axis=2) - img.min(axis=2)
     assert (chroma > 60).mean() > 0.01
+
+
+def test_report_histograms_score_nonfinite_predictions_as_the_metrics_do():
+    """A NaN normal is 180 degrees (last bin), never 'perfect' (bin 0); a NaN depth lands in its
+    target's bin with the worst-case error, as DepthMetric scores it."""
+    g = torch.zeros(1, 3, 1, 2)
+    g[:, 2] = 1.0
+    p = g.clone()
+    p[0, :, 0, 1] = float("nan")
+    hist = AngleHistogram(bin_deg=5.0)
+    hist.update(p, g)
+    count = hist.compute()["count"]
+    assert count[0] == 1 and count[-1] == 1
+    bins = DepthBins(min_depth=0.1, max_depth=10.0, num_bins=10)
+    bins.update(torch.tensor([[[[2.0, float("nan")]]]]), torch.tensor([[[[2.0, 3.0]]]]))
+    out = bins.compute()
+    assert out["count"][2] == 1 and out["count"][3] == 1
+    assert out["abs_err"][2] == 0.0 and out["abs_err"][3] == pytest.approx(7.0)  # 10 - 3

@@ -2,7 +2,9 @@
 (depth error by ground-truth distance, normal angle-error histogram) and a few samples.
 
 The histograms live here, not in the metric classes: they are for reports only, and fixed bins
-keep memory constant however large the split is.
+keep memory constant however large the split is. They plug into the one evaluation loop
+(:func:`cvmtl.engine.evaluator.evaluate`) as an extra evaluator, detectron2-style, and score
+non-finite predictions by the metrics' worst-case rule.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cvmtl.engine.evaluator import predict
-from cvmtl.metrics import build_metrics
-from cvmtl.precision import autocast_context, resolve_precision
+from cvmtl.engine.evaluator import evaluate
+from cvmtl.metrics.depth import scored_depth
+from cvmtl.metrics.normals import scored_angles
 
 
 class DepthBins:
@@ -39,10 +40,10 @@ class DepthBins:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        g = target.detach().double().flatten()
-        p = pred.detach().double().flatten().clamp(self.min_depth, self.max_depth)
-        valid = (g >= self.min_depth) & (g <= self.max_depth)
-        g, p = g[valid].cpu(), p[valid].cpu()
+        p, g, valid, _ = scored_depth(
+            pred.detach(), target.detach(), self.min_depth, self.max_depth
+        )
+        g, p = g[valid].double().cpu(), p[valid].double().cpu()
         n = len(self.count)
         idx = (g / self.max_depth * n).long().clamp_(0, n - 1)
         err = (p - g).abs()
@@ -77,12 +78,8 @@ class AngleHistogram:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        p = F.normalize(pred.detach().float(), dim=1)
-        g = target.detach().float()
-        valid = g.abs().sum(dim=1) > 0
-        g = F.normalize(g, dim=1)
-        cos = (p * g).sum(dim=1).clamp(-1.0, 1.0)[valid]
-        ang = torch.rad2deg(torch.acos(cos)).double().cpu()
+        ang, valid, _ = scored_angles(pred.detach(), target.detach())
+        ang = ang[valid].double().cpu()
         n = len(self.count)
         idx = (ang / 180.0 * n).long().clamp_(0, n - 1)
         self.count += torch.bincount(idx, minlength=n).double()
@@ -90,6 +87,27 @@ class AngleHistogram:
     def compute(self) -> dict[str, list[float]]:
         """``edges`` (degrees) and ``count`` (pixels) per bin."""
         return {"edges": self.edges.tolist(), "count": self.count.tolist()}
+
+
+class ReportStats:
+    """The report's histograms as an evaluator of the evaluation loop: ``update(preds,
+    targets)`` per batch, ``compute()`` -> ``{"depth_bins", "angle_hist"}`` (those it has)."""
+
+    def __init__(self, tasks: list[str], cfg: Any) -> None:
+        self.parts: dict[str, Any] = {}
+        if "depth" in tasks:
+            self.parts["depth_bins"] = DepthBins(cfg.eval.min_depth, cfg.eval.max_depth)
+        if "normal" in tasks:
+            self.parts["angle_hist"] = AngleHistogram()
+
+    def update(self, preds: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> None:
+        if "depth_bins" in self.parts:
+            self.parts["depth_bins"].update(preds["depth"], targets["depth"])
+        if "angle_hist" in self.parts:
+            self.parts["angle_hist"].update(preds["normal"], targets["normal"])
+
+    def compute(self) -> dict[str, Any]:
+        return {name: part.compute() for name, part in self.parts.items()}
 
 
 def evaluate_with_stats(
@@ -103,79 +121,17 @@ def evaluate_with_stats(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     """(metrics ``{task: {metric: v}}``, stats ``{"depth_bins", "angle_hist"}``, samples).
 
-    Same predictions as :func:`cvmtl.engine.evaluator.evaluate` (its ``predict``, TTA and scales
-    included); single process. Samples: ``{"image", "target": {task}, "pred": {task}}`` CPU
-    tensors (seg labels [H,W], depth [1,H,W], normal [3,H,W]) of the first ``num_samples``.
+    :func:`cvmtl.engine.evaluator.evaluate` with :class:`ReportStats` plugged in; samples are
+    its collected ones (``{"image", "meta", "has", "target": {task}, "pred": {task}}`` CPU
+    tensors) of the first ``num_samples``.
     """
-    cfg = resolve_precision(cfg, device)  # train.amp / channels_last: auto -> this device's
-    metrics = build_metrics(tasks, cfg.data.num_classes, cfg)
-    stats: dict[str, Any] = {}
-    if "depth" in tasks:
-        stats["depth_bins"] = DepthBins(cfg.eval.min_depth, cfg.eval.max_depth)
-    if "normal" in tasks:
-        stats["angle_hist"] = AngleHistogram()
+    stats = ReportStats(tasks, cfg)
     samples: list[dict[str, Any]] = []
-    autocast = autocast_context(cfg.train.amp, device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for i, batch in enumerate(_progress(loader, progress)):
-                image = batch["image"].to(device)
-                targets = _targets(batch, tasks, device)
-                size = next(iter(targets.values())).shape[-2:]
-                with autocast:
-                    preds = predict(model, image, size, tasks, cfg, cfg.data.num_classes, i == 0)
-                for task in tasks:
-                    metrics[task].update(preds[task], targets[task])
-                if "depth_bins" in stats:
-                    stats["depth_bins"].update(preds["depth"], targets["depth"])
-                if "angle_hist" in stats:
-                    stats["angle_hist"].update(preds["normal"], targets["normal"])
-                _collect(samples, num_samples, batch, targets, preds)
-    finally:
-        model.train(was_training)
-    results = {task: metrics[task].compute() for task in tasks}
-    return results, {k: v.compute() for k, v in stats.items()}, samples
-
-
-def _progress(loader: Any, enabled: bool) -> Any:
-    if not enabled:
-        return loader
-    from tqdm.auto import tqdm
-
-    return tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
-
-
-def _targets(batch: dict, tasks: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-    """Targets with unlabeled samples (``has`` False) made invalid."""
-    out = {}
-    for task in tasks:
-        if task not in batch:
-            raise ValueError(f"evaluation: the dataset gives no {task!r} labels")
-        t = batch[task].to(device)
-        has = batch.get("has", {}).get(task)
-        if has is not None and not bool(torch.as_tensor(has).all()):
-            keep = torch.as_tensor(has).bool().to(device).view(-1, *[1] * (t.dim() - 1))
-            t = torch.where(keep, t, torch.full_like(t, 255 if task == "seg" else 0))
-        out[task] = t
-    return out
-
-
-def _collect(samples: list, limit: int, batch: dict, targets: dict, preds: dict) -> None:
-    for i in range(batch["image"].shape[0]):
-        if len(samples) >= limit:
-            return
-        pred = {}
-        for task, p in preds.items():
-            pred[task] = p[i].argmax(0).cpu() if task == "seg" else p[i].float().cpu()
-        samples.append(
-            {
-                "image": batch["image"][i].float().cpu(),
-                "target": {t: v[i].cpu() for t, v in targets.items()},
-                "pred": pred,
-            }
-        )
+    results = evaluate(
+        model, loader, tasks, cfg, device=device, progress=progress,
+        collect=num_samples, samples=samples, evaluators=[stats],
+    )  # fmt: skip
+    return results, stats.compute(), samples
 
 
 def nan_to_none(value: Any) -> Any:

@@ -12,9 +12,10 @@ equal a single-process run. Other samplers are taken as they come.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -41,8 +42,13 @@ def evaluate(
     max_batches: int | None = None,
     collect: int = 0,
     samples: list[dict[str, Any]] | None = None,
+    evaluators: Iterable[Any] = (),
 ) -> dict[str, dict[str, Any]]:
     """Metrics ``{task: {metric: value}}`` of ``model`` over ``loader`` (all ranks, reduced).
+
+    ``evaluators``: extra statistics fed the same predictions, detectron2-style: each gets
+    ``update(preds, targets)`` per batch (e.g. the report's histograms,
+    :class:`cvmtl.engine.eval_stats.ReportStats`); the caller reads its results.
 
     ``cfg`` is the run Config (uses ``eval``, ``data.num_classes``, ``train.amp``,
     ``train.channels_last``). ``amp``: ``auto | none | bf16 | fp16`` (default ``cfg.train.amp``);
@@ -52,58 +58,56 @@ def evaluate(
     tensors ``{"image", "meta", "has", "target": {task}, "pred": {task}}`` (seg as labels [H,W],
     depth [1,H,W] metres, normal [3,H,W]) for visualization.
     """
-    if loader is None:
-        raise ValueError("evaluate: no data loader for this split (is the split missing?)")
-    if collect > 0 and samples is None:
-        raise ValueError("evaluate: collect > 0 needs a list passed as samples= to fill")
+    _check_arguments(loader, collect, samples, amp)
     tasks = list(tasks)
     net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if device is None:
         param = next(net.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
+    cfg = _resolved(cfg, amp, device)
+    amp, num_classes = cfg.train.amp, cfg.data.num_classes
+    metrics = build_metrics(tasks, num_classes, cfg)
+    skip_padding = _padding_filter(loader)
+
+    seen = 0
+    with _eval_mode(net), _progress(loader, max_batches, progress) as bar:
+        for i, batch in enumerate(bar):
+            if max_batches is not None and i >= max_batches:
+                break
+            image = batch["image"].to(device, non_blocking=True)
+            targets = _targets(batch, tasks, device, skip_padding, seen)
+            size = next(iter(targets.values())).shape[-2:]
+            with autocast_context(amp, device):
+                preds = predict(net, image, size, tasks, cfg, num_classes, first=(i == 0))
+            for task in tasks:
+                metrics[task].update(preds[task], targets[task])
+            for extra in evaluators:
+                extra.update(preds, targets)
+            if samples is not None and len(samples) < collect:
+                _collect(samples, collect, batch, targets, preds)
+            seen += image.shape[0]
+    if seen == 0:
+        raise ValueError("evaluate: the split is empty (the loader yielded no batches)")
+    return {task: metrics[task].compute() for task in tasks}
+
+
+def _check_arguments(loader: Any, collect: int, samples: Any, amp: str | None) -> None:
+    if loader is None:
+        raise ValueError("evaluate: no data loader for this split (is the split missing?)")
+    if collect > 0 and samples is None:
+        raise ValueError("evaluate: collect > 0 needs a list passed as samples= to fill")
     if amp is not None and amp not in ("auto", "none", *AMP_DTYPES):
         raise ValueError(f"evaluate: amp must be auto|none|bf16|fp16, got {amp!r}")
+
+
+def _resolved(cfg: Any, amp: str | None, device: torch.device) -> Any:
+    """``cfg`` with ``amp`` (when given) and concrete precision for ``device``."""
     if amp is not None and amp != cfg.train.amp:
         cfg = copy.copy(cfg)
         cfg.train = copy.copy(cfg.train)
         cfg.train.amp = amp
-    cfg = resolve_precision(cfg, device)
-    amp = cfg.train.amp
-    num_classes = cfg.data.num_classes
-    metrics = build_metrics(tasks, num_classes, cfg)
-    skip_padding = _padding_filter(loader)
-
-    modes = {m: m.training for m in net.modules()}  # restore per module (frozen BN stays eval)
-    net.eval()
-    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    if max_batches is not None and total is not None:
-        total = min(total, max_batches)
-    seen = 0
-    bar = _progress(loader, total, progress and is_main_process())
-    try:
-        with torch.inference_mode():
-            for i, batch in enumerate(bar):
-                if max_batches is not None and i >= max_batches:
-                    break
-                image = batch["image"].to(device, non_blocking=True)
-                targets = _targets(batch, tasks, device, skip_padding, seen)
-                size = next(iter(targets.values())).shape[-2:]
-                with autocast_context(amp, device):
-                    preds = predict(net, image, size, tasks, cfg, num_classes, first=(i == 0))
-                for task in tasks:
-                    metrics[task].update(preds[task], targets[task])
-                if samples is not None and len(samples) < collect:
-                    _collect(samples, collect, batch, targets, preds)
-                seen += image.shape[0]
-    finally:
-        if hasattr(bar, "close"):
-            bar.close()
-        for m, mode in modes.items():
-            m.training = mode
-    if seen == 0:
-        raise ValueError("evaluate: the split is empty (the loader yielded no batches)")
-    return {task: metrics[task].compute() for task in tasks}
+    return resolve_precision(cfg, device)
 
 
 def predict(
@@ -235,12 +239,36 @@ def _padding_filter(loader: Any) -> Any:
     return keep
 
 
-def _progress(loader: Any, total: int | None, enabled: bool) -> Any:
-    if not enabled:
-        return loader
+@contextlib.contextmanager
+def _eval_mode(net: nn.Module) -> Iterator[None]:
+    """Eval mode and inference mode; each module's own mode comes back afterwards (a frozen
+    BatchNorm stays in eval mode during fine-tuning)."""
+    modes = {m: m.training for m in net.modules()}
+    net.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+@contextlib.contextmanager
+def _progress(loader: Any, max_batches: int | None, enabled: bool) -> Iterator[Any]:
+    """``loader``, behind a progress bar on the main process."""
+    if not (enabled and is_main_process()):
+        yield loader
+        return
     from tqdm.auto import tqdm
 
-    return tqdm(loader, total=total, desc="eval", leave=False, dynamic_ncols=True)
+    total = len(loader) if hasattr(loader, "__len__") else None
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches)
+    bar = tqdm(loader, total=total, desc="eval", leave=False, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _collect(samples: list, collect: int, batch: dict, targets: dict, preds: dict) -> None:
