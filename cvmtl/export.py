@@ -170,7 +170,7 @@ def export_checkpoint(
 ) -> dict[str, Any]:
     """Load, export and verify (at ``size`` and, when dynamic, a second odd size):
     ``{"path", "format", "seconds", "verify": {"HxW": {task: max abs diff}}}``."""
-    from cvmtl.predictor import load_model
+    from cvmtl.engine.restore import load_model
 
     model, cfg = load_model(checkpoint, overrides, "cpu")
     h, w = size or tuple(cfg.data.crop)

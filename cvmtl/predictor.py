@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvmtl.config import Config, from_dict, parse_override, to_dict
+from cvmtl.config import Config, to_dict
+from cvmtl.engine.restore import load_model  # public here too
 from cvmtl.precision import AMP_CHOICES, autocast_context, resolve_precision
 from cvmtl.precision import resolve_device as _resolve_device
 
@@ -78,47 +79,6 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
         return a.astype(np.uint8)
     a = np.nan_to_num(a.astype(np.float32))
     return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def config_from_checkpoint(ckpt: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
-    """The checkpoint's config with ``key=value`` overrides; never loads pretrained weights or
-    ``init_from`` again (the checkpoint's own weights replace them)."""
-    values = ckpt.get("config")
-    if not isinstance(values, dict):
-        raise ValueError("checkpoint has no 'config' dict (was it written by tools/train.py?)")
-    values = dict(values)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = values
-        for key in keys[:-1]:
-            node[key] = dict(node.get(key) or {})
-            node = node[key]
-        node[keys[-1]] = value
-    cfg = from_dict(values)
-    cfg.model.pretrained, cfg.model.pretrained_file, cfg.model.init_from = False, None, None
-    return cfg
-
-
-def load_model(
-    checkpoint: str | Path, overrides: Sequence[str] = (), device: str | torch.device = "cpu"
-) -> tuple[nn.Module, Config]:
-    """(model in eval mode with the checkpoint's ``model`` weights, its Config)."""
-    from cvmtl.engine.checkpoint import load_checkpoint
-    from cvmtl.models.build import build_model
-
-    ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_checkpoint(ckpt, overrides)
-    model = build_model(cfg)
-    state = {}
-    for k, v in ckpt["model"].items():
-        for prefix in ("module.", "_orig_mod."):  # DDP / torch.compile wrappers
-            k = k.removeprefix(prefix)
-        state[k] = v
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{checkpoint}: weights do not fit the config's model: {err}") from None
-    return model.to(device).eval(), cfg
 
 
 def class_info(cfg: Config) -> tuple[list[str], list[list[int]]]:

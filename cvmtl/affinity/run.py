@@ -21,7 +21,8 @@ def load_for_affinity(
     overrides: list[str] | tuple = (),
 ) -> tuple[nn.Module, Config, torch.device]:
     """The checkpoint's model and config, or a freshly built model for ``config``."""
-    from cvmtl.engine.eval_run import config_from_checkpoint, load_model, pick_device
+    from cvmtl.engine.eval_run import pick_device
+    from cvmtl.engine.restore import build_from_weights, config_from_checkpoint
 
     if (checkpoint is None) == (config is None):
         raise ValueError("pass exactly one of checkpoint or config")
@@ -31,7 +32,7 @@ def load_for_affinity(
         ckpt = load_checkpoint(checkpoint)
         cfg = config_from_checkpoint(ckpt, list(overrides))
         device = pick_device(cfg)
-        return load_model(cfg, ckpt["model"], device), cfg, device
+        return build_from_weights(cfg, ckpt["model"], device, str(checkpoint)), cfg, device
     from cvmtl.models.build import build_model
 
     cfg = load_config(config, list(overrides))

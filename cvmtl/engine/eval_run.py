@@ -7,16 +7,15 @@ A checkpoint carries its config, so the checkpoint alone is enough; ``key=value`
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from cvmtl.config import Config, from_dict, parse_override
+from cvmtl.config import Config
+from cvmtl.engine.restore import build_from_weights, config_from_checkpoint
 from cvmtl.precision import describe_precision, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -27,41 +26,6 @@ ROLES = ("train", "val", "test")
 def pick_device(cfg: Config) -> torch.device:
     """``train.device``: auto -> CUDA when available, else CPU."""
     return resolve_device(cfg.train.device, "train.device")
-
-
-def config_from_checkpoint(ckpt: dict[str, Any], overrides: list[str] | tuple = ()) -> Config:
-    """The checkpoint's config with ``key=value`` overrides applied (validated)."""
-    values = copy.deepcopy(ckpt.get("config") or {})
-    if not values:
-        raise ValueError("the checkpoint holds no config (was it written by tools/train.py?)")
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = values
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {text!r}: {key} is not a section")
-        node[keys[-1]] = value
-    return from_dict(values)
-
-
-def load_model(cfg: Config, weights: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
-    """``build_model(cfg)`` with ``weights`` loaded strictly, in eval mode on ``device``.
-
-    Pretrained / ``init_from`` files are not read: the checkpoint's weights replace them anyway,
-    and those files need not exist where a checkpoint is evaluated.
-    """
-    from cvmtl.models.build import build_model
-
-    cfg = copy.deepcopy(cfg)
-    cfg.model.pretrained, cfg.model.pretrained_file, cfg.model.init_from = False, None, None
-    model = build_model(cfg)
-    state = {k.removeprefix("module.").replace("_orig_mod.", ""): v for k, v in weights.items()}
-    model.load_state_dict(state)
-    model = model.to(device).eval()
-    if resolve_precision(cfg, device).train.channels_last:  # auto -> this device's layout
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def default_out(checkpoint: Path) -> Path:
@@ -112,7 +76,7 @@ def run_eval(
     device = pick_device(cfg)
     cfg = resolve_precision(cfg, device)  # auto -> this machine's (a checkpoint may travel)
     log.info("eval precision: %s", describe_precision(cfg, device))
-    model = load_model(cfg, ckpt["model"], device)
+    model = build_from_weights(cfg, ckpt["model"], device, source=str(checkpoint))
     loader = build_loaders(cfg, False, splits=[role])[role]
     results, stats, samples = evaluate_with_stats(
         model, loader, cfg.tasks, cfg, device, num_samples=num_samples

@@ -99,8 +99,9 @@ def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None
     from cvmtl.engine.baselines import scalars
     from cvmtl.engine.build import seed_everything
     from cvmtl.engine.checkpoint import load_checkpoint, save_checkpoint
-    from cvmtl.engine.eval_run import load_model, pick_device
+    from cvmtl.engine.eval_run import pick_device
     from cvmtl.engine.evaluator import evaluate
+    from cvmtl.engine.restore import build_from_weights
 
     tasks = list(tasks or cfg.finetune.tasks or cfg.tasks)
     unknown = [t for t in tasks if t not in cfg.tasks]
@@ -116,7 +117,7 @@ def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None
     if loaders.get(role) is None:
         raise ValueError("finetune: no test or validation split to report on")
     split = getattr(cfg.data, f"{role}_split")
-    joint = load_model(cfg, ckpt["model"], device)
+    joint = build_from_weights(cfg, ckpt["model"], device, str(checkpoint))
     folder = cfg.run_dir / "finetune"
     report: dict[str, Any] = {}
     for task in tasks:
