@@ -5,9 +5,10 @@
     out = p.predict("photo.jpg")   # {"seg": int64 HxW, "depth": float32 HxW m, "normal": HxWx3}
 
 Resizing (``max_size``): an image whose longer side exceeds ``max_size`` is resized by
-``s = max_size / max(H, W)`` for the forward pass and the outputs are resized back. Per DESIGN a
-model sees depth / s in an image resized by s, so the depth predicted on the small image is
-multiplied by s on the way back (the evaluator's rule); normals are renormalized.
+``s = max_size / max(H, W)`` for the forward pass and the outputs are resized back. Per the
+sample contract (docs/architecture.md) a model sees depth / s in an image resized by s, so the
+depth predicted on the small image is multiplied by s on the way back (the evaluator's rule);
+normals are renormalized.
 
 Precision (``amp``): default the checkpoint's ``train.amp``; ``auto`` (there or here) resolves for
 this device through :mod:`cvmtl.precision` (bf16 only where the hardware has it), as does
@@ -30,8 +31,7 @@ from torch import nn
 
 from cvmtl.config import Config, to_dict
 from cvmtl.engine.restore import load_model  # public here too
-from cvmtl.precision import AMP_CHOICES, autocast_context, resolve_precision
-from cvmtl.precision import resolve_device as _resolve_device
+from cvmtl.precision import AMP_CHOICES, autocast_context, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,6 @@ def class_info(cfg: Config) -> tuple[list[str], list[list[int]]]:
 
         return classes_and_palette(n)
     return [f"class {i}" for i in range(n)], default_palette(n)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU (:func:`cvmtl.precision.resolve_device`)."""
-    return _resolve_device(device)
 
 
 class Predictor:

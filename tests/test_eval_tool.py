@@ -1,4 +1,4 @@
-"""tools/eval.py: metrics.json in the DESIGN format, report.md and a self-contained report.html."""
+"""tools/eval.py: metrics.json in its documented format, report.md, a self-contained report.html."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from evalkit import config, make_data
 
 from cvmtl.engine.trainer import fit
 
-DESIGN_KEYS = {"split", "checkpoint", "metrics"}
+METRICS_KEYS = {"split", "checkpoint", "metrics"}
 
 
 def _tool():
@@ -46,7 +46,7 @@ def test_eval_checkpoint_alone_writes_report_without_baselines(run, capsys):
     assert _tool().main(["--checkpoint", str(ckpt), "--num-samples", "2"]) == 0
     out = cfg.run_dir / "report"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == DESIGN_KEYS  # no delta_m without baselines
+    assert set(metrics) == METRICS_KEYS  # no delta_m without baselines
     assert metrics["split"] == "test" and metrics["checkpoint"] == str(ckpt)
     assert set(metrics["metrics"]) == {"seg", "depth", "normal"}
     assert len(metrics["metrics"]["seg"]["iou_per_class"]) == 13
@@ -77,7 +77,7 @@ def test_eval_with_baselines_split_out_and_overrides(run, tmp_path):
     finally:
         (cfg.run_dir / "baselines.json").unlink()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == DESIGN_KEYS | {"delta_m"} and metrics["split"] == "val"
+    assert set(metrics) == METRICS_KEYS | {"delta_m"} and metrics["split"] == "val"
     dm = metrics["delta_m"]
     assert set(dm) == {"overall", "per_task", "per_metric"}
     assert set(dm["per_task"]) == {"seg", "depth", "normal"} and len(dm["per_metric"]) == 9

@@ -131,7 +131,7 @@ def test_flip_tta_equals_plain_for_equivariant_model():
 
 
 class ScaleAware(nn.Module):
-    """Spatially constant outputs; depth = D / s for an input resized by s (the DESIGN rule)."""
+    """Spatially constant outputs; depth = D / s for an input resized by s (the contract's rule)."""
 
     def __init__(self, width, depth=2.0):
         super().__init__()

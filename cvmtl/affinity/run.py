@@ -21,8 +21,8 @@ def load_for_affinity(
     overrides: list[str] | tuple = (),
 ) -> tuple[nn.Module, Config, torch.device]:
     """The checkpoint's model and config, or a freshly built model for ``config``."""
-    from cvmtl.engine.eval_run import pick_device
     from cvmtl.engine.restore import build_from_weights, config_from_checkpoint
+    from cvmtl.precision import resolve_device
 
     if (checkpoint is None) == (config is None):
         raise ValueError("pass exactly one of checkpoint or config")
@@ -31,12 +31,12 @@ def load_for_affinity(
 
         ckpt = load_checkpoint(checkpoint)
         cfg = config_from_checkpoint(ckpt, list(overrides))
-        device = pick_device(cfg)
+        device = resolve_device(cfg.train.device, "train.device")
         return build_from_weights(cfg, ckpt["model"], device, str(checkpoint)), cfg, device
     from cvmtl.models.build import build_model
 
     cfg = load_config(config, list(overrides))
-    device = pick_device(cfg)
+    device = resolve_device(cfg.train.device, "train.device")
     torch.manual_seed(cfg.train.seed)  # a fresh model is reproducible from the config
     return build_model(cfg).to(device), cfg, device
 

@@ -1,4 +1,4 @@
-"""Balancers: ``build_balancer(name, tasks, **hparams)`` (see DESIGN.md, "Balancer contract")."""
+"""Balancers: ``build_balancer(name, tasks, **hparams)`` (see docs/architecture.md, "Balancers")."""
 
 from __future__ import annotations
 

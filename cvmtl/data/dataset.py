@@ -73,7 +73,7 @@ def resolve_role(
 
 
 class DenseDataset(Dataset):
-    """Samples of one split as dicts (DESIGN sample contract).
+    """Samples of one split as dicts (the sample contract in docs/architecture.md).
 
     Augmentation randomness is a function of (``seed``, epoch, index): the index may be an int
     (the epoch then comes from :meth:`set_epoch`) or an ``(epoch, index)`` pair, which is what

@@ -1,4 +1,4 @@
-"""Readers of the supported on-disk formats -> raw numpy samples (see DESIGN.md).
+"""Readers of the supported on-disk formats -> raw numpy samples (see data/README.md).
 
 A raw sample: ``image`` uint8 HxWx3 RGB, ``seg`` int64 HxW (255 = ignore), ``depth`` float32 HxW
 metres (0 = invalid), ``normal`` float32 HxWx3 (all-zero = invalid), ``has`` {task: bool} and

@@ -1,6 +1,6 @@
 """Readers and writers of the ``cvmtl`` on-disk encoding (PNG files, split lists, dataset.yaml).
 
-Encoding (see DESIGN.md): images 8-bit RGB PNG/JPEG; segmentation 8-bit PNG, 255 = ignore; depth
+Encoding (see data/README.md): images 8-bit RGB PNG/JPEG; segmentation 8-bit PNG, 255 = ignore; depth
 16-bit PNG in ``depth_scale`` units per metre (default 1000 = millimetres), 0 = invalid; normals
 16-bit RGB PNG, value = (n + 1) / 2 * 65535 per axis, all-zero = invalid.
 cv2 stores colour as BGR: every function here takes and returns RGB.

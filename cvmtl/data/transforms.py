@@ -1,4 +1,4 @@
-"""Joint train / eval transforms: raw numpy sample -> tensors of the DESIGN sample contract.
+"""Joint train / eval transforms: raw numpy sample -> tensors of the sample contract (docs/architecture.md).
 
 Geometry (random scale, pad, crop, horizontal flip) is one inverse affine warp per array with
 cv2: it resamples only the crop (cheap), pads every target with its own invalid value (image 0,

@@ -142,14 +142,14 @@ def _evaluate_best(bcfg: Config, roles: list[str]) -> dict[str, dict]:
     """Metrics of ``best.pt`` of a baseline on the split roles that exist (main process)."""
     from cvmtl.data.loader import build_loaders
     from cvmtl.engine.checkpoint import load_checkpoint
-    from cvmtl.engine.eval_run import pick_device
     from cvmtl.engine.evaluator import evaluate
     from cvmtl.engine.restore import build_from_weights
+    from cvmtl.precision import resolve_device
 
     path = bcfg.run_dir / "best.pt"
     if not path.is_file():
         return {}
-    device = pick_device(bcfg)
+    device = resolve_device(bcfg.train.device, "train.device")
     model = build_from_weights(bcfg, load_checkpoint(path)["model"], device, str(path))
     loaders = build_loaders(bcfg, False)
     out = {}

@@ -12,20 +12,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from cvmtl.config import Config
 from cvmtl.engine.restore import build_from_weights, config_from_checkpoint
 from cvmtl.precision import describe_precision, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
 ROLES = ("train", "val", "test")
-
-
-def pick_device(cfg: Config) -> torch.device:
-    """``train.device``: auto -> CUDA when available, else CPU."""
-    return resolve_device(cfg.train.device, "train.device")
 
 
 def default_out(checkpoint: Path) -> Path:
@@ -73,7 +65,7 @@ def run_eval(
         cfg.data.test_split = split  # any split name of the dataset, evaluated as "test"
     split_name = getattr(cfg.data, f"{role}_split")
 
-    device = pick_device(cfg)
+    device = resolve_device(cfg.train.device, "train.device")
     cfg = resolve_precision(cfg, device)  # auto -> this machine's (a checkpoint may travel)
     log.info("eval precision: %s", describe_precision(cfg, device))
     model = build_from_weights(cfg, ckpt["model"], device, source=str(checkpoint))

@@ -1,8 +1,8 @@
 """evaluate(): run a model over a split at the targets' resolution and compute every metric.
 
-Predictions are resized to the targets' size; depth is rescaled the DESIGN way (an image resized
-by s yields depth / s, so a prediction made on it is multiplied by s). Optional flip TTA
-(normal-aware) and multi-scale inference (``cfg.eval.tta``, ``cfg.eval.scales``).
+Predictions are resized to the targets' size; depth is rescaled as the sample contract says
+(an image resized by s yields depth / s, so a prediction made on it is multiplied by s).
+Optional flip TTA (normal-aware) and multi-scale inference (``cfg.eval.tta``, ``cfg.eval.scales``).
 
 Under DDP each rank evaluates its shard and the metrics are all-reduced. A DistributedSampler
 pads the split with duplicates so that every rank gets as many samples; ``evaluate`` recognizes

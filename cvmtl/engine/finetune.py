@@ -99,9 +99,9 @@ def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None
     from cvmtl.engine.baselines import scalars
     from cvmtl.engine.build import seed_everything
     from cvmtl.engine.checkpoint import load_checkpoint, save_checkpoint
-    from cvmtl.engine.eval_run import pick_device
     from cvmtl.engine.evaluator import evaluate
     from cvmtl.engine.restore import build_from_weights
+    from cvmtl.precision import resolve_device
 
     tasks = list(tasks or cfg.finetune.tasks or cfg.tasks)
     unknown = [t for t in tasks if t not in cfg.tasks]
@@ -110,7 +110,7 @@ def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None
     if cfg.finetune.epochs <= 0:
         raise ValueError("finetune.epochs must be > 0 to fine-tune")
     ckpt = load_checkpoint(checkpoint)
-    device = pick_device(cfg)
+    device = resolve_device(cfg.train.device, "train.device")
     seed_everything(cfg.train.seed)
     loaders = build_loaders(cfg, False)
     role = "test" if loaders.get("test") is not None else "val"

@@ -36,14 +36,8 @@ from cvmtl.engine.stepping import (
     unwrap,
     world_share,
 )
-from cvmtl.precision import make_scaler as _make_scaler
 
 Step = Callable[..., dict]
-
-
-def make_scaler(cfg, device: torch.device) -> torch.amp.GradScaler:
-    """A GradScaler enabled only for ``train.amp=fp16`` (bf16 needs none)."""
-    return _make_scaler(cfg.train.amp, device)
 
 
 def select_step(balancer, cfg) -> Step:

@@ -32,7 +32,8 @@ def write_panels(
     from cvmtl.data.loader import build_loaders
     from cvmtl.engine.evaluator import evaluate
     from cvmtl.engine.restore import load_model
-    from cvmtl.predictor import class_info, resolve_device
+    from cvmtl.precision import resolve_device
+    from cvmtl.predictor import class_info
     from cvmtl.vis.panels import contact_sheet, sample_panel, save_figure
 
     dev = resolve_device(device)

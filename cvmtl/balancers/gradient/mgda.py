@@ -19,8 +19,8 @@ NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
 class MGDA(GradientBalancer):
-    """Weights on the raw gradients summing to 1 (DESIGN): the min-norm point is found on the
-    normalized gradients ``g_t / n_t`` and mapped back (``w_t ∝ sol_t / n_t``)."""
+    """Weights on the raw gradients summing to 1 (the balancer contract): the min-norm point is
+    found on the normalized gradients ``g_t / n_t`` and mapped back (``w_t ∝ sol_t / n_t``)."""
 
     def __init__(self, tasks: Sequence[str], **hparams) -> None:
         super().__init__(tasks)
