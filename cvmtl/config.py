@@ -1,24 +1,40 @@
 """Typed run configuration: dataclass defaults <- YAML file <- ``a.b=value`` overrides.
 
 Every key is declared here with its type; an unknown key, a value of the wrong type or a value
-outside its allowed set raises :class:`ConfigError` naming the key and what was expected.
+outside its allowed set raises :class:`ConfigError` naming the key and what was expected. The
+checking and merging machinery lives in :mod:`cvmtl.config_parse`; its public names are
+re-exported here, so ``from cvmtl.config import ConfigError, parse_override`` keeps working.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
+from cvmtl.config_parse import ConfigError, _merge, parse_override
 
-class ConfigError(ValueError):
-    """A bad config key or value; the message is one line naming the key."""
+__all__ = [
+    "CHOICES",
+    "KNOWN_TASKS",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "FinetuneConfig",
+    "LossConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "from_dict",
+    "load_config",
+    "parse_override",
+    "save_config",
+    "to_dict",
+    "validate",
+]
 
 
 @dataclass
@@ -152,80 +168,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
 KNOWN_TASKS = ("seg", "depth", "normal")
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {tp}")
-
-
-def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
-    """Write ``values`` (a nested dict) into the dataclass ``obj``, checking every key."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            known = ", ".join(sorted(names))
-            raise ConfigError(f"unknown config key '{full}' (known keys here: {known})")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _merge(current, value, prefix=f"{full}.")
-        else:
-            setattr(obj, key, _coerce(full, value, hints[key]))
-
-
 def validate(cfg: Config) -> Config:
     """Check values beyond their types (choices, ranges, task names)."""
     cl = cfg.train.channels_last  # auto | true | false (YAML bools, or those words)
@@ -282,25 +224,6 @@ def validate(cfg: Config) -> Config:
     if best != "delta_m" and "/" not in best:
         raise ConfigError(f"train.best_metric: expected 'delta_m' or 'task/metric', got {best!r}")
     return cfg
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'a.b=value'`` -> (['a', 'b'], value parsed as YAML)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=1e-3")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override {text!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({err})") from None
-    # YAML reads "1e-3" as a string; accept it as a number, as a user would expect.
-    if isinstance(value, str) and any(c in value for c in ".eE"):
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    return key.split("."), value
 
 
 def from_dict(values: dict[str, Any]) -> Config:
