@@ -79,6 +79,38 @@ def test_demo_pipeline_and_rerun(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("best.pt")} == before
 
 
+# Measured (300 steps of 8 at 32x32, 1 thread; 4 train seeds x 2 rendered datasets, all 8 runs):
+# model minus floor, seg mIoU +3.36 .. +4.46 (mean 3.85, sd 0.42); normal mean angle -3.06 ..
+# +0.44 deg (mean -1.38, sd 1.30); depth abs_err / floor 0.98 .. 1.14 (mean 1.06, sd 0.05).
+# This test's run (seed 0, dataset seed 0): +3.65, -3.06 deg, 1.08; after 20 steps (2 threads):
+# +0.5, +12.9 deg, 2.04. At this budget seg clears its floor; depth and normals reach theirs (the
+# train split's per-pixel mean, which already knows the average room) but do not clear them
+# reliably. The bounds sit 4.4 sd (seg), 2.2 sd (normal) and 2.9 sd (depth) from the means.
+SEG_MARGIN, NORMAL_SLACK_DEG, DEPTH_RATIO = 2.0, 1.5, 1.2
+METRICS = (("seg", "miou"), ("normal", "mean"), ("depth", "abs_err"))
+
+
+@pytest.mark.slow  # one 300-step training: ~35-45 s on a busy 2-core box
+def test_demo_model_clears_the_floors_at_a_tiny_budget(tmp_path):
+    """The demo's claim on a small scale: against the trivial floors on the test split
+    (cvmtl.demo_report.compute_floors), its config clears the seg floor and reaches the depth and
+    normal ones, within the measured bounds above."""
+    from cvmtl.demo import ensure_dataset
+    from cvmtl.demo_report import compute_floors
+    from cvmtl.engine.trainer import fit
+
+    over = tiny(tmp_path, tmp_path / "syn", train__max_steps=300, train__batch_size=8,
+                train__log_every=100, train__eval_every=0, train__best_metric="seg/miou",
+                data__eval_batch_size=16)  # fmt: skip
+    cfg = load_config(CONFIG, over)
+    ensure_dataset(cfg, DemoOptions(counts={"train": 64, "val": 8, "test": 16}, workers=1))
+    test, floors = fit(cfg)["test"], compute_floors(cfg)
+    got = {t: (test[t][m], floors[t][m]) for t, m in METRICS}  # (model, floor)
+    assert got["seg"][0] >= got["seg"][1] + SEG_MARGIN, got
+    assert got["normal"][0] <= got["normal"][1] + NORMAL_SLACK_DEG, got
+    assert got["depth"][0] <= got["depth"][1] * DEPTH_RATIO, got
+
+
 def test_dataset_stamp_mismatch(tmp_path):
     root = tmp_path / "syn"
     root.mkdir()
