@@ -141,6 +141,83 @@ def _mix(c1: np.ndarray, c2: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.atleast_2d(c1) * (1 - t) + np.atleast_2d(c2) * t
 
 
+def _pattern(kind: str, r: np.ndarray, q: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Weight in [0, 1] of the second colour for texture ``kind`` at pattern coordinates (r, q)."""
+    if kind == "plain":
+        return np.zeros_like(r)
+    if kind == "noise":
+        return fractal(r * 2, q * 2, table)
+    if kind == "stripes":
+        return (np.sin(2 * np.pi * r) > 0.3).astype(float)
+    if kind == "checker":
+        return ((np.floor(r) + np.floor(q)) % 2).astype(float)
+    if kind == "wood":
+        plank = np.floor(q * 1.5)
+        grain = np.sin(6 * r + 5 * value_noise(r * 0.7, q * 6 + plank * 13, table))
+        return 0.35 * (grain > 0.5) + 0.65 * value_noise(plank * 7.3, plank * 3.1, table)
+    if kind == "tiles":
+        fr, fq = r - np.floor(r), q - np.floor(q)
+        grout = (np.minimum(np.minimum(fr, 1 - fr), np.minimum(fq, 1 - fq)) < 0.04).astype(float)
+        return np.maximum(grout, 0.3 * value_noise(np.floor(r) * 5.1, np.floor(q) * 2.7, table))
+    return (value_noise(r * 9, q * 9, table) > 0.62).astype(float)  # speckle
+
+
+def _paint_picture(
+    m: Material, s: np.ndarray, t: np.ndarray, table: np.ndarray, albedo: np.ndarray
+) -> None:
+    """A blotchy three-colour image inside the picture's frame (in place)."""
+    inner = np.maximum(np.abs(s), np.abs(t)) < 1 - m.extra["frame"]
+    f = m.extra["freq"]
+    n1 = fractal(s * f + 3, t * f + 5, table)
+    n2 = fractal(s * f + 11, t * f + 2, table)
+    cols = m.extra["colours"]
+    img = _mix(_mix(cols[0], cols[1], (n1 > 0.5).astype(float)), cols[2], (n2 > 0.55) * 1.0)
+    albedo[inner] = img[inner]
+
+
+def _paint_tv(
+    m: Material,
+    s: np.ndarray,
+    t: np.ndarray,
+    table: np.ndarray,
+    albedo: np.ndarray,
+    emis: np.ndarray,
+) -> None:
+    """A dark screen with a diagonal sheen; a TV that is on also emits a picture (in place)."""
+    inner = (np.abs(s) < 0.93) & (np.abs(t) < 0.9)
+    screen = _mix(m.c1, m.c1 * 1.8, np.clip(0.5 - 0.4 * (s + t), 0, 1))
+    albedo[inner] = screen[inner]
+    if m.extra["on"]:
+        cols = m.extra["colours"]
+        n1 = fractal(s * 4 + 1, t * 4 + 9, table)
+        glow = _mix(cols[0], cols[1], (n1 > 0.5).astype(float)) * 0.8
+        emis[inner] = glow[inner]
+
+
+def _paint_window(
+    m: Material,
+    s: np.ndarray,
+    t: np.ndarray,
+    table: np.ndarray,
+    albedo: np.ndarray,
+    emis: np.ndarray,
+) -> np.ndarray:
+    """Frame and mullions; the panes show an emissive sky over ground. Returns the pane mask."""
+    frame = np.maximum(np.abs(s), np.abs(t)) > 0.9
+    nm = m.extra["mullions"]
+    if nm >= 1:
+        frame |= np.abs(s) < 0.04
+    if nm >= 2:
+        frame |= np.abs(t) < 0.04
+    pane = ~frame
+    hz = m.extra["horizon"] + 0.15 * (fractal(s * 3 + 2, s + 4, table) - 0.5)
+    outside = _mix(m.c2, m.extra["ground"], (t < hz).astype(float))
+    outside *= (0.85 + 0.3 * fractal(s * 6, t * 6, table))[:, None]
+    albedo[pane] = 0.0
+    emis[pane] = outside[pane]
+    return pane
+
+
 def shade_texture(
     m: Material, u: np.ndarray, v: np.ndarray, s: np.ndarray, t: np.ndarray, table: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -155,60 +232,15 @@ def shade_texture(
     ca, sa = np.cos(m.angle), np.sin(m.angle)
     r = (u * ca + v * sa) / m.scale
     q = (-u * sa + v * ca) / m.scale
-    k = m.kind
-    if k == "plain":
-        w = np.zeros_like(u)
-    elif k == "noise":
-        w = fractal(r * 2, q * 2, table)
-    elif k == "stripes":
-        w = (np.sin(2 * np.pi * r) > 0.3).astype(float)
-    elif k == "checker":
-        w = ((np.floor(r) + np.floor(q)) % 2).astype(float)
-    elif k == "wood":
-        plank = np.floor(q * 1.5)
-        grain = np.sin(6 * r + 5 * value_noise(r * 0.7, q * 6 + plank * 13, table))
-        w = 0.35 * (grain > 0.5) + 0.65 * value_noise(plank * 7.3, plank * 3.1, table)
-    elif k == "tiles":
-        fr, fq = r - np.floor(r), q - np.floor(q)
-        grout = (np.minimum(np.minimum(fr, 1 - fr), np.minimum(fq, 1 - fq)) < 0.04).astype(float)
-        w = np.maximum(grout, 0.3 * value_noise(np.floor(r) * 5.1, np.floor(q) * 2.7, table))
-    else:  # speckle
-        w = (value_noise(r * 9, q * 9, table) > 0.62).astype(float)
-    albedo = _mix(m.c1, m.c2, w)
+    albedo = _mix(m.c1, m.c2, _pattern(m.kind, r, q, table))
     low = value_noise(u * 1.3 + 7, v * 1.3 + 3, table)
     albedo = albedo * (1 + m.amp * (low[:, None] - 0.5) * 2)
     emis = np.zeros_like(albedo)
     glass = np.zeros(u.shape, bool)
-    sp = m.special
-    if sp == "picture":
-        inner = np.maximum(np.abs(s), np.abs(t)) < 1 - m.extra["frame"]
-        f = m.extra["freq"]
-        n1 = fractal(s * f + 3, t * f + 5, table)
-        n2 = fractal(s * f + 11, t * f + 2, table)
-        cols = m.extra["colours"]
-        img = _mix(_mix(cols[0], cols[1], (n1 > 0.5).astype(float)), cols[2], (n2 > 0.55) * 1.0)
-        albedo[inner] = img[inner]
-    elif sp == "tv":
-        inner = (np.abs(s) < 0.93) & (np.abs(t) < 0.9)
-        screen = _mix(m.c1, m.c1 * 1.8, np.clip(0.5 - 0.4 * (s + t), 0, 1))
-        albedo[inner] = screen[inner]
-        if m.extra["on"]:
-            cols = m.extra["colours"]
-            n1 = fractal(s * 4 + 1, t * 4 + 9, table)
-            glow = _mix(cols[0], cols[1], (n1 > 0.5).astype(float)) * 0.8
-            emis[inner] = glow[inner]
-    elif sp == "window":
-        frame = np.maximum(np.abs(s), np.abs(t)) > 0.9
-        nm = m.extra["mullions"]
-        if nm >= 1:
-            frame |= np.abs(s) < 0.04
-        if nm >= 2:
-            frame |= np.abs(t) < 0.04
-        pane = ~frame
-        hz = m.extra["horizon"] + 0.15 * (fractal(s * 3 + 2, s + 4, table) - 0.5)
-        outside = _mix(m.c2, m.extra["ground"], (t < hz).astype(float))
-        outside *= (0.85 + 0.3 * fractal(s * 6, t * 6, table))[:, None]
-        albedo[pane] = 0.0
-        emis[pane] = outside[pane]
-        glass = pane
+    if m.special == "picture":
+        _paint_picture(m, s, t, table, albedo)
+    elif m.special == "tv":
+        _paint_tv(m, s, t, table, albedo, emis)
+    elif m.special == "window":
+        glass = _paint_window(m, s, t, table, albedo, emis)
     return albedo, emis, glass
