@@ -7,6 +7,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from cvmtl.data.synthetic_intersect import intersect
 from cvmtl.data.synthetic_scene import C, Scene
 from cvmtl.data.synthetic_texture import shade_texture
 
@@ -37,80 +38,6 @@ def camera_rays(h: int, w: int) -> np.ndarray:
 def _rotz(yaw: float) -> np.ndarray:
     c, s = np.cos(yaw), np.sin(yaw)
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
-
-
-def _intersect(kind: str, o: np.ndarray, d: tuple, h: np.ndarray):
-    """Nearest hit of rays (local frame: origin o [3], direction components d = (dx, dy, dz), each
-    [N]) with a centred primitive of half extents h.
-
-    Returns t [N] (inf on a miss) and ``detail(mask) -> (local normals [M, 3], face codes [M])``
-    for the rays in mask (face 0..5 box faces, 6 curved side, 7 cylinder cap). Works on 1-D
-    component arrays: numpy reductions over a trailing axis of 3 are slow.
-    """
-    dx, dy, dz = d
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if kind == "box":
-            tmins, tmaxs = [], []
-            for k, dk in enumerate(d):
-                inv = 1.0 / dk
-                t1, t2 = (-h[k] - o[k]) * inv, (h[k] - o[k]) * inv
-                tmins.append(np.minimum(t1, t2))
-                tmaxs.append(np.maximum(t1, t2))
-            tn = np.maximum(np.maximum(tmins[0], tmins[1]), tmins[2])
-            tf = np.minimum(np.minimum(tmaxs[0], tmaxs[1]), tmaxs[2])
-            t = np.where((tn <= tf) & (tn > 1e-6), tn, np.inf)
-
-            def detail(m):
-                tm = np.stack([x[m] for x in tmins], 1)
-                axis = tm.argmax(1)
-                dd = np.stack([x[m] for x in d], 1)
-                sgn = -np.sign(dd[np.arange(len(axis)), axis])
-                nl = np.zeros((len(axis), 3))
-                nl[np.arange(len(axis)), axis] = sgn
-                return nl, axis * 2 + (sgn > 0)
-
-            return t, detail
-        if kind == "ell":
-            ox, oy, oz = o / h
-            sx, sy, sz = dx / h[0], dy / h[1], dz / h[2]
-            a = sx * sx + sy * sy + sz * sz
-            b = sx * ox + sy * oy + sz * oz
-            c = ox * ox + oy * oy + oz * oz - 1
-            disc = b * b - a * c
-            t = (-b - np.sqrt(disc)) / a
-            t = np.where((disc > 0) & (t > 1e-6), t, np.inf)
-
-            def detail(m):
-                tm = t[m]
-                p = np.stack([ox + tm * sx[m], oy + tm * sy[m], oz + tm * sz[m]], 1)
-                return p / h, np.full(len(tm), 6)
-
-            return t, detail
-        # vertical (elliptic) cylinder
-        ox, oy = o[0] / h[0], o[1] / h[1]
-        sx, sy = dx / h[0], dy / h[1]
-        hz = h[2]
-        a = sx * sx + sy * sy
-        b = sx * ox + sy * oy
-        c = ox * ox + oy * oy - 1
-        disc = b * b - a * c
-        ts = (-b - np.sqrt(disc)) / a
-        zs = o[2] + ts * dz
-        ts = np.where((disc > 0) & (ts > 1e-6) & (np.abs(zs) <= hz), ts, np.inf)
-        cap = hz if o[2] > 0 else -hz
-        tc = (cap - o[2]) / dz
-        px, py = ox + tc * sx, oy + tc * sy
-        tc = np.where((tc > 1e-6) & (px * px + py * py <= 1) & (abs(o[2]) > hz), tc, np.inf)
-        t = np.minimum(ts, tc)
-
-        def detail(m):
-            side = ts[m] <= tc[m]
-            tm = np.where(side, ts[m], 0.0)
-            nl = np.stack([(ox + tm * sx[m]) / h[0], (oy + tm * sy[m]) / h[1], 0 * tm], 1)
-            nl[~side] = [0.0, 0.0, np.sign(cap)]
-            return nl, np.where(side, 6, 7)
-
-        return t, detail
 
 
 _CORNERS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
@@ -187,7 +114,7 @@ def cast(scene: Scene, h: int, w: int) -> dict[str, np.ndarray]:
         c, s = R[0, 0], R[1, 0]
         wx, wy, wz = dxw[y0:y1, x0:x1], dyw[y0:y1, x0:x1], dzw[y0:y1, x0:x1]
         dl = (c * wx + s * wy, c * wy - s * wx, wz)  # rays in the object frame
-        ti, detail = _intersect(p.kind, (o - p.center) @ R, dl, p.half)
+        ti, detail = intersect(p.kind, (o - p.center) @ R, dl, p.half)
         closer = ti < t[y0:y1, x0:x1]
         if not closer.any():
             continue
