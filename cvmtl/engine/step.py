@@ -104,11 +104,9 @@ def loss_step(
         record.add_total(total)
     if not record.losses:
         return record.skipped("no labeled task", optimizer, step)
-    _clear_absent(net, cfg, set(balancer.tasks) - set(record.losses))
-    if inputs.k > 1:
-        _balancer_grads_at(balancer, record.losses, inputs.mult)
-    record.out.update(total=record.total + net.regularization().detach())
-    record.out["weights"] = balancer.last_weights
+    _settle_gradients(net, balancer, cfg, record)
+    reg = net.regularization().detach()
+    record.out.update(total=record.total + reg, weights=balancer.last_weights)
     if step and apply_update(model, optimizer, scaler, cfg, record):
         mark("optimizer")
         _after_step(net, inputs, balancer, cfg, record.losses)
@@ -134,15 +132,19 @@ def _clear_absent(net: nn.Module, cfg, absent: set[str]) -> None:
             p.grad = None
 
 
-def _balancer_grads_at(balancer, losses: dict, mult: torch.Tensor) -> None:
-    """The balancer's own parameters (UW's s_t) get their gradient at the step's losses: each
-    micro-batch gave them one at its own, and their terms (``+ s_t``) are not pixel means."""
+def _settle_gradients(net: nn.Module, balancer, cfg, record: StepRecord) -> None:
+    """What the micro-batches cannot know alone: tasks absent from the whole step lose their
+    gradients (:func:`_clear_absent`), and the balancer's own parameters (UW's s_t) get theirs
+    at the step's losses (each micro-batch gave them one at its own, and their terms, ``+ s_t``,
+    are not pixel means)."""
+    _clear_absent(net, cfg, set(balancer.tasks) - set(record.losses))
     params = [p for p in balancer.parameters() if p.requires_grad]
-    if not params:
+    if record.inputs.k == 1 or not params:
         return
     for p in params:
         p.grad = None
-    (balancer({t: v.detach() for t, v in losses.items()}) * mult).backward(inputs=params)
+    losses = {t: v.detach() for t, v in record.losses.items()}
+    (balancer(losses) * record.inputs.mult).backward(inputs=params)
 
 
 def _after_step(net: nn.Module, inputs, balancer, cfg, totals: dict) -> None:
