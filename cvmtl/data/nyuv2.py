@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -170,6 +171,84 @@ def read_normal_file(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return normal
 
 
+def _open_mat(mat: Path | str) -> Any:
+    """The labeled .mat opened read-only with h5py (it is MATLAB v7.3, i.e. HDF5)."""
+    import h5py
+
+    try:
+        return h5py.File(str(mat), "r")
+    except (FileNotFoundError, OSError) as err:
+        raise DataError(f"{mat}: not a readable MATLAB v7.3 (HDF5) file ({err})") from None
+
+
+def _official_arrays(mat: Path | str, f: Any) -> tuple[Any, Any, Any]:
+    """The images, depths and labels datasets of the open .mat, their shapes checked."""
+    for key in ("images", "depths", "labels"):
+        if key not in f:
+            raise DataError(f"{mat}: missing key {key!r} (found: {', '.join(sorted(f))})")
+    images, depths, labels = f["images"], f["depths"], f["labels"]
+    # MATLAB is column-major: h5py sees images as (N, 3, W, H) and maps as (N, W, H).
+    n, _, w, h = images.shape
+    if images.shape[1] != 3 or depths.shape != (n, w, h) or labels.shape != (n, w, h):
+        raise DataError(
+            f"{mat}: inconsistent shapes images {images.shape}, depths {depths.shape}, "
+            f"labels {labels.shape} (expected (N, 3, W, H) and (N, W, H))"
+        )
+    return images, depths, labels
+
+
+def _frames_to_convert(
+    splits: Path | str, train: np.ndarray, test: np.ndarray, n: int, limit: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The train / test frame numbers within 1..n (1..limit with ``limit``), checked."""
+    n = min(n, limit) if limit else n
+    for name, idx in (("trainNdxs", train), ("testNdxs", test)):
+        # With a limit the split files legitimately name frames past it: they are dropped.
+        if idx.min() < 1 or (not limit and idx.max() > n):
+            raise DataError(f"{splits}: {name} holds frame numbers outside 1..{n}")
+    return train[train <= n], test[test <= n]
+
+
+def _read_frame(
+    mat: Path | str, arrays: tuple[Any, Any, Any], i: int, lut: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame ``i`` (1-based) as row-major image [H, W, 3], class labels [H, W], depth [H, W]."""
+    images, depths, labels = arrays
+    image = np.ascontiguousarray(images[i - 1].transpose(2, 1, 0))  # -> H, W, 3
+    depth = np.asarray(depths[i - 1], np.float32).T
+    raw = np.asarray(labels[i - 1]).T.astype(np.int64)
+    if raw.min() < 0 or raw.max() >= len(lut):
+        raise DataError(f"{mat}: frame {i} has labels outside 0..{len(lut) - 1}")
+    return image, lut[raw], depth
+
+
+def _frame_normal(
+    i: int,
+    depth: np.ndarray,
+    normal_files: dict[int, Path] | None,
+    normals_dir: Path | str | None,
+) -> np.ndarray:
+    """Normals of frame ``i``: its --normals file when given, else estimated from the depth."""
+    if normal_files is None:
+        return normals_from_depth(depth)
+    if i not in normal_files:
+        raise DataError(f"{normals_dir}: no normals file for frame {i}")
+    return read_normal_file(normal_files[i], depth.shape)
+
+
+def _write_official_splits(
+    out: Path, train: np.ndarray, test: np.ndarray, val_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """Write the split lists (val carved out of train with ``val_fraction``); return the ids."""
+    ids = {"train": [f"{i:04d}" for i in sorted(train)], "test": [f"{i:04d}" for i in sorted(test)]}
+    if val_fraction > 0:
+        ids["trainval"] = ids["train"]
+        ids["train"], ids["val"] = carve_ids(ids["trainval"], val_fraction, seed)
+    for split, split_ids in ids.items():
+        write_split(out, split, split_ids)
+    return ids
+
+
 def convert_official(
     mat: Path | str,
     splits: Path | str,
@@ -186,7 +265,6 @@ def convert_official(
     Ids are the 1-based frame numbers, zero-padded (``0001``). ``limit`` converts only frames
     1..limit (for tests). Returns the number of ids per split written.
     """
-    import h5py
     from tqdm import tqdm
 
     lut = label_lut(mapping, num_classes)
@@ -194,46 +272,14 @@ def convert_official(
     test = _mat_key(splits, "testNdxs").astype(np.int64).ravel()
     normal_files = _normal_files(normals_dir) if normals_dir is not None else None
     out = Path(out)
-    try:
-        f = h5py.File(str(mat), "r")
-    except (FileNotFoundError, OSError) as err:
-        raise DataError(f"{mat}: not a readable MATLAB v7.3 (HDF5) file ({err})") from None
-    with f:
-        for key in ("images", "depths", "labels"):
-            if key not in f:
-                raise DataError(f"{mat}: missing key {key!r} (found: {', '.join(sorted(f))})")
-        images, depths, labels = f["images"], f["depths"], f["labels"]
-        # MATLAB is column-major: h5py sees images as (N, 3, W, H) and maps as (N, W, H).
-        n, _, w, h = images.shape
-        if images.shape[1] != 3 or depths.shape != (n, w, h) or labels.shape != (n, w, h):
-            raise DataError(
-                f"{mat}: inconsistent shapes images {images.shape}, depths {depths.shape}, "
-                f"labels {labels.shape} (expected (N, 3, W, H) and (N, W, H))"
-            )
-        n = min(n, limit) if limit else n
-        for name, idx in (("trainNdxs", train), ("testNdxs", test)):
-            if idx.min() < 1 or (not limit and idx.max() > n):
-                raise DataError(f"{splits}: {name} holds frame numbers outside 1..{n}")
-        train, test = train[train <= n], test[test <= n]
+    with _open_mat(mat) as f:
+        arrays = _official_arrays(mat, f)
+        train, test = _frames_to_convert(splits, train, test, arrays[0].shape[0], limit)
         for i in tqdm(sorted(set(train) | set(test)), desc="nyuv2", unit="frame"):
-            image = np.ascontiguousarray(images[i - 1].transpose(2, 1, 0))  # -> H, W, 3
-            depth = np.asarray(depths[i - 1], np.float32).T
-            raw = np.asarray(labels[i - 1]).T.astype(np.int64)
-            if raw.min() < 0 or raw.max() >= len(lut):
-                raise DataError(f"{mat}: frame {i} has labels outside 0..{len(lut) - 1}")
-            if normal_files is not None:
-                if i not in normal_files:
-                    raise DataError(f"{normals_dir}: no normals file for frame {i}")
-                normal = read_normal_file(normal_files[i], (h, w))
-            else:
-                normal = normals_from_depth(depth)
-            write_cvmtl_sample(out, f"{i:04d}", image, lut[raw], depth, normal)
-    ids = {"train": [f"{i:04d}" for i in sorted(train)], "test": [f"{i:04d}" for i in sorted(test)]}
-    if val_fraction > 0:
-        ids["trainval"] = ids["train"]
-        ids["train"], ids["val"] = carve_ids(ids["trainval"], val_fraction, seed)
-    for split, split_ids in ids.items():
-        write_split(out, split, split_ids)
+            image, seg, depth = _read_frame(mat, arrays, i, lut)
+            normal = _frame_normal(i, depth, normal_files, normals_dir)
+            write_cvmtl_sample(out, f"{i:04d}", image, seg, depth, normal)
+    ids = _write_official_splits(out, train, test, val_fraction, seed)
     classes, palette = classes_and_palette(num_classes)
     write_dataset_yaml(out, f"nyuv2_{num_classes}", classes, palette, NYU_INTRINSICS)
     return {split: len(split_ids) for split, split_ids in ids.items()}
