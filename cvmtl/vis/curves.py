@@ -45,16 +45,15 @@ def _series(records: list[dict], split: str, key: str) -> tuple[list[float], lis
     return xs, ys
 
 
-def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """One PNG with a subplot per group of curves that has data."""
-    import matplotlib
+# A subplot: its title, its curves as (split, record key, legend label), log y for positive data.
+Panel = tuple[str, list[tuple[str, str, str]], bool]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _panels(records: list[dict[str, Any]]) -> list[Panel]:
+    """The subplots worth drawing: every known group of curves that has at least one point."""
     keys = {k for r in records for k in r}
     tasks = [t for t in TASKS if f"loss/{t}" in keys or any(k.startswith(f"{t}/") for k in keys)]
-    panels: list[tuple[str, list[tuple[str, str, str]], bool]] = []  # title, (split, key, label)
+    panels: list[Panel] = []
     panels.append(("train loss", [("train", f"loss/{t}", t) for t in tasks], True))
     panels.append(("balancer weights", [("train", f"weight/{t}", t) for t in tasks], False))
     panels.append(("learning rate", [("train", "lr", "lr")], False))
@@ -68,40 +67,55 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
     panels.append(
         ("Δm [%] (higher is better)", [(sp, "delta_m", "Δm") for sp in ("val", "test")], False)
     )
-    panels = [p for p in panels if any(_series(records, sp, k)[0] for sp, k, _ in p[1])]
+    return [p for p in panels if any(_series(records, sp, k)[0] for sp, k, _ in p[1])]
+
+
+def _draw_panel(ax: Any, records: list[dict[str, Any]], panel: Panel) -> None:
+    """Train curves as lines, val as dots joined by lines, test as stars in the val colour."""
+    name, lines, log_y = panel
+    colors: dict[str, Any] = {}
+    has_test = False
+    for split, key, label in lines:
+        xs, ys = _series(records, split, key)
+        if not xs:
+            continue
+        if split == "train":
+            ax.plot(xs, ys, label=label, linewidth=1.2)
+        elif split == "val":  # few points: show them
+            (line,) = ax.plot(xs, ys, "-o", label=label, markersize=4)
+            colors[key] = line.get_color()
+        else:  # test: a star in the colour of the same metric's val curve
+            ax.plot(xs, ys, "*", color=colors.get(key), markersize=10, label=None)
+            has_test = True
+    if log_y and all(v > 0 for _, k, _ in lines for v in _series(records, "train", k)[1]):
+        ax.set_yscale("log")
+    if name == "learning rate":
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ax.set_title(name + (" (★ test)" if has_test else ""), fontsize=10)
+    ax.set_xlabel("step", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    if len({label for _, _, label in lines}) > 1:
+        ax.legend(fontsize=8, loc="best")
+
+
+def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """One PNG with a subplot per group of curves that has data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = _panels(records)
     if not panels:
         raise ValueError("no curves to plot: the records hold no known keys")
-
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(
         nrows, ncols, squeeze=False, figsize=(5.2 * ncols, 3.4 * nrows), layout="constrained"
     )
-    for ax, (name, lines, log_y) in zip(axes.ravel(), panels):
-        colors: dict[str, Any] = {}
-        has_test = False
-        for split, key, label in lines:
-            xs, ys = _series(records, split, key)
-            if not xs:
-                continue
-            if split == "train":
-                ax.plot(xs, ys, label=label, linewidth=1.2)
-            elif split == "val":  # few points: show them
-                (line,) = ax.plot(xs, ys, "-o", label=label, markersize=4)
-                colors[key] = line.get_color()
-            else:  # test: a star in the colour of the same metric's val curve
-                ax.plot(xs, ys, "*", color=colors.get(key), markersize=10, label=None)
-                has_test = True
-        if log_y and all(v > 0 for _, k, _ in lines for v in _series(records, "train", k)[1]):
-            ax.set_yscale("log")
-        if name == "learning rate":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        ax.set_title(name + (" (★ test)" if has_test else ""), fontsize=10)
-        ax.set_xlabel("step", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=8)
-        if len({label for _, _, label in lines}) > 1:
-            ax.legend(fontsize=8, loc="best")
+    for ax, panel in zip(axes.ravel(), panels):
+        _draw_panel(ax, records, panel)
     for ax in axes.ravel()[len(panels) :]:
         ax.set_visible(False)
     if title:
