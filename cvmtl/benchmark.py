@@ -23,8 +23,12 @@ from torch import nn
 
 from cvmtl.bench.report import format_report
 from cvmtl.bench.timing import (
+    CONV_BATCH,
+    CONV_CHANNELS,
+    CONV_MIN_SIDE,
     MemoryPeak,
     load_average,
+    peak_conv_flops,
     peak_matmul_flops,
     peak_sizes,
     resolve_device,
@@ -326,32 +330,40 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 
 
 def _flops_and_mfu(cfg, dev, flops, img_s, peak_size) -> dict[str, Any]:
-    """``mfu`` = ``train_flop_s`` / ``mfu_peak_flop_s``. The peak is an upper bound: the best
-    matmul rate over several sizes (:func:`~cvmtl.bench.timing.peak_matmul_flops`) in the
-    autocast dtype, or in fp32 where that is higher (a dtype emulated in software, e.g. bf16 on
-    a CPU without bf16 hardware, is slower than the fp32 arithmetic its kernels may fall back
-    to). ``cfg`` is resolved (``train.amp`` concrete)."""
+    """``mfu`` = ``train_flop_s`` / ``mfu_peak_flop_s``, against an upper bound measured here:
+    per dtype the best of ``torch.matmul`` (square sides 512..``peak_size``) and of a 3x3
+    convolution (the model's kernel kind; sides 16..``peak_size`` / 32, both layouts), see
+    :mod:`cvmtl.bench.timing`; then the autocast dtype's peak, or fp32's where that is higher (a
+    dtype emulated in software, e.g. bf16 on a CPU without bf16 hardware, is slower than the fp32
+    arithmetic its kernels may fall back to). ``cfg`` is resolved (``train.amp`` concrete)."""
     # forward + backward ~ 3x the forward FLOPs (the usual MFU convention)
     achieved = 3.0 * flops * img_s
     out: dict[str, Any] = {"train_flop_s": achieved, "peak_flop_s": None, "mfu": None}
     if not peak_size:
         return out
     dtype = MFU_DTYPES[cfg.train.amp]
-    measured = {
-        name: peak_matmul_flops(dev, TORCH_DTYPES[name], peak_size) for name in ("bf16", "fp32")
-    }
-    if dtype not in measured:
-        measured[dtype] = peak_matmul_flops(dev, TORCH_DTYPES[dtype], peak_size)
-    peaks = {name: m["flop_s"] for name, m in measured.items()}
+    conv_side = max(CONV_MIN_SIDE, peak_size // 32)
+    kernels: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(("bf16", "fp32", dtype)):
+        kernels[name] = {
+            "matmul": peak_matmul_flops(dev, TORCH_DTYPES[name], peak_size),
+            "conv3x3": peak_conv_flops(dev, TORCH_DTYPES[name], conv_side),
+        }
+    peaks = {name: max(k["flop_s"] for k in ks.values()) for name, ks in kernels.items()}
     bound = max((dtype, "fp32"), key=peaks.__getitem__)
     out.update(
         peak_flop_s=peaks,
-        peak_by_size={name: m["by_size"] for name, m in measured.items()},
+        peak_by_kernel={
+            name: {kind: k["by_size"] for kind, k in ks.items()} for name, ks in kernels.items()
+        },
         peak_matmul_size=peak_size,
         peak_method=(
-            f"best torch.matmul rate over square sides {peak_sizes(peak_size)} "
-            "(1 warm-up, best of 3; a side whose warm-up took > 0.5 s timed once and ends the "
-            "climb), in the autocast dtype or fp32, whichever is higher"
+            f"per dtype the best of torch.matmul (square sides {peak_sizes(peak_size)}) and a "
+            f"forward 3x3 conv ({CONV_CHANNELS}->{CONV_CHANNELS} channels, batch {CONV_BATCH}, "
+            f"sides {peak_sizes(conv_side, CONV_MIN_SIDE)}, NCHW and channels_last); each "
+            "1 warm-up then best of 3 (a size whose warm-up took > 0.5 s timed once, ending the "
+            "climb); nominal FLOPs; mfu against the autocast dtype's peak or fp32's, whichever "
+            "is higher"
         ),
         mfu_dtype=dtype,
         mfu_peak_dtype=bound,

@@ -63,8 +63,9 @@ def check_mfu(result: dict) -> None:
     assert result["mfu_peak_flop_s"] == peaks[bound]
     assert result["mfu"] == pytest.approx(result["train_flop_s"] / peaks[bound])
     assert result["mfu"] > 0 and isinstance(result["peak_method"], str)
-    for name, by_size in result["peak_by_size"].items():
-        assert peaks[name] == max(by_size.values())
+    for name, kernels in result["peak_by_kernel"].items():
+        assert set(kernels) == {"matmul", "conv3x3"}
+        assert peaks[name] == max(v for by_size in kernels.values() for v in by_size.values())
 
 
 def check_precision(result: dict) -> None:
@@ -119,15 +120,20 @@ def test_no_peak_means_no_mfu() -> None:
     assert result["mfu"] is None and result["train"]["phases"] == {}
 
 
-def test_peak_matmul_climbs_sizes_and_stops_when_slow() -> None:
-    from cvmtl.bench.timing import peak_matmul_flops, peak_sizes
+def test_peaks_climb_sizes_and_stop_when_slow() -> None:
+    from cvmtl.bench.timing import peak_conv_flops, peak_matmul_flops, peak_sizes
 
     assert peak_sizes(2048) == [512, 1024, 2048] and peak_sizes(768) == [512, 768]
-    assert peak_sizes(256) == [256]
+    assert peak_sizes(256) == [256] and peak_sizes(64, 16) == [16, 32, 64]
     cpu = torch.device("cpu")
     peak = peak_matmul_flops(cpu, torch.float32, 1024, repeats=1)
     assert list(peak["by_size"]) == [512, 1024] and peak["flop_s"] == max(peak["by_size"].values())
     assert list(peak_matmul_flops(cpu, torch.float32, 1024, 1, budget_s=0)["by_size"]) == [512]
+    conv = peak_conv_flops(cpu, torch.float32, 32, repeats=1)
+    assert list(conv["by_size"]) == ["nchw:16", "nchw:32", "channels_last:16", "channels_last:32"]
+    assert conv["flop_s"] == conv["by_size"][conv["size"]] == max(conv["by_size"].values())
+    slow = peak_conv_flops(cpu, torch.float32, 32, 1, budget_s=0)
+    assert list(slow["by_size"]) == ["nchw:16", "channels_last:16"]  # one size per layout
 
 
 def test_flops_scale_with_pixels() -> None:

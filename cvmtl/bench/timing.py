@@ -121,15 +121,34 @@ class MemoryPeak:
 
 
 PEAK_MIN_SIZE = 512
+CONV_CHANNELS, CONV_BATCH, CONV_MIN_SIDE = 256, 4, 16
 
 
-def peak_sizes(max_size: int) -> list[int]:
-    """Matmul sides for the peak: 512, 1024, ... doubling up to ``max_size`` (included)."""
-    sizes, n = [], min(PEAK_MIN_SIZE, max_size)
+def peak_sizes(max_size: int, min_size: int = PEAK_MIN_SIZE) -> list[int]:
+    """Sides for the peak: ``min_size``, twice that, ... doubling up to ``max_size`` (included)."""
+    sizes, n = [], min(min_size, max_size)
     while n < max_size:
         sizes.append(n)
         n *= 2
     return [*sizes, max_size]
+
+
+def _climb(cases, device: torch.device, repeats: int, budget_s: float) -> dict[str, Any]:
+    """``cases``: (key, flops, make) in growing size; ``make()`` -> a zero-argument call. Each
+    call is warmed up once, then timed ``repeats`` times (best kept); a warm-up slower than
+    ``budget_s`` is timed once and ends the climb."""
+    rates: dict[Any, float] = {}
+    for key, flops, make in cases:
+        fn = make()
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        slow = time.perf_counter() - t0 > budget_s
+        times = time_interleaved({"fn": fn}, 1 if slow else repeats, 0, device)["fn"]
+        rates[key] = flops / min(times)
+        if slow:
+            break
+    return rates
 
 
 def peak_matmul_flops(
@@ -139,28 +158,67 @@ def peak_matmul_flops(
     repeats: int = 3,
     budget_s: float = 0.5,
 ) -> dict[str, Any]:
-    """This machine's best ``torch.matmul`` rate in ``dtype``: for each side of
-    :func:`peak_sizes` one untimed warm-up call, then the best of ``repeats`` timed calls; the
-    best rate over the sizes is ``flop_s``. Measured in the same run as the model (same threads,
-    same load). A size whose warm-up call took over ``budget_s`` is timed once and ends the climb
-    (bf16 emulated on a CPU without bf16 hardware runs ~50x slower than fp32: larger sides would
-    take minutes).
+    """This machine's best ``torch.matmul`` rate in ``dtype`` over the square sides of
+    :func:`peak_sizes` (one untimed warm-up call each, then the best of ``repeats``), measured in
+    the same run as the model (same threads, same load). A side whose warm-up took over
+    ``budget_s`` is timed once and ends the climb (bf16 emulated on a CPU without bf16 hardware
+    runs ~50x slower than fp32: larger sides would take minutes).
 
     Returns ``{"flop_s", "size" (the best side), "by_size" {side: FLOP/s}}``.
     """
     g = torch.Generator(device=device).manual_seed(0)
-    by_size: dict[int, float] = {}
-    for n in peak_sizes(max_size):
-        a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-        b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        sync(device)
-        slow = time.perf_counter() - t0 > budget_s  # then one timed call, and no larger side
-        mm = {"mm": functools.partial(torch.matmul, a, b)}
-        times = time_interleaved(mm, 1 if slow else repeats, 0, device)["mm"]
-        by_size[n] = 2.0 * n**3 / min(times)
-        if slow:
-            break
+
+    def case(n: int):
+        def make():
+            a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+            b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+            return functools.partial(torch.matmul, a, b)
+
+        return n, 2.0 * n**3, make
+
+    by_size = _climb([case(n) for n in peak_sizes(max_size)], device, repeats, budget_s)
+    best = max(by_size, key=by_size.__getitem__)
+    return {"flop_s": by_size[best], "size": best, "by_size": by_size}
+
+
+def peak_conv_flops(
+    device: torch.device,
+    dtype: torch.dtype,
+    max_side: int = 64,
+    repeats: int = 3,
+    budget_s: float = 0.5,
+) -> dict[str, Any]:
+    """The best forward rate of a 3x3 convolution (256 -> 256 channels, batch 4, padding 1,
+    square sides 16, 32, ... ``max_side``), NCHW and channels_last, in ``dtype``: the model's
+    own kind of kernel. In nominal FLOPs (2 per multiply-add of the direct convolution), as the
+    model's FLOPs are counted: a kernel that computes fewer (Winograd) shows a rate above the
+    matmul's, and so would the model's convolutions. Climbs as :func:`peak_matmul_flops`.
+
+    Returns ``{"flop_s", "size" ("layout:side" of the best), "by_size" {"layout:side": FLOP/s}}``.
+    """
+    import torch.nn.functional as F
+
+    g = torch.Generator(device=device).manual_seed(0)
+    c, b = CONV_CHANNELS, CONV_BATCH
+
+    def case(layout: str, n: int):
+        def make():
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            x = torch.randn(b, c, n, n, device=device, dtype=dtype, generator=g)
+            w = torch.randn(c, c, 3, 3, device=device, dtype=dtype, generator=g)
+            x, w = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
+
+            def run() -> None:
+                with torch.inference_mode():
+                    F.conv2d(x, w, padding=1)
+
+            return run
+
+        return f"{layout}:{n}", 2.0 * 9 * c * c * n * n * b, make
+
+    by_size: dict[str, float] = {}
+    for layout in ("nchw", "channels_last"):
+        cases = [case(layout, n) for n in peak_sizes(max_side, CONV_MIN_SIDE)]
+        by_size.update(_climb(cases, device, repeats, budget_s))
     best = max(by_size, key=by_size.__getitem__)
     return {"flop_s": by_size[best], "size": best, "by_size": by_size}
