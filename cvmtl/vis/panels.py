@@ -13,16 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from cvmtl.vis.colorize import (
-    _np,
-    angle_error_deg,
-    colorize_depth,
-    colorize_normal,
-    colorize_seg,
-)
+from cvmtl.vis.colorize import _np, angle_error_deg, colorize_depth, colorize_normal, colorize_seg
+from cvmtl.vis.panel_tiles import _hw, depth_range, depth_tiles, normal_tiles, seg_tiles
 
 TITLES = {"seg": "segmentation", "depth": "depth", "normal": "surface normals"}
-NORMAL_ERR_MAX = 45.0  # degrees at the top of the angle-error colour scale
 
 
 def _plt():
@@ -38,25 +32,6 @@ def denormalize(image: Any, mean: list[float], std: list[float]) -> np.ndarray:
     """Normalized [3,H,W] -> RGB uint8 HxWx3."""
     img = _np(image).astype(np.float32).transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def _hw(x: Any) -> np.ndarray:
-    a = _np(x).astype(np.float32)
-    return a[0] if a.ndim == 3 else a
-
-
-def depth_range(sample: dict[str, Any]) -> tuple[float, float]:
-    """Colour range shared by ground truth and prediction: the 1st..99th percentile of both."""
-    vals = [_hw(sample["pred"]["depth"]).ravel()]
-    if sample.get("has", {}).get("depth", True):
-        gt = _hw(sample["target"]["depth"])
-        vals.append(gt[gt > 0])
-    v = np.concatenate(vals)
-    v = v[np.isfinite(v) & (v > 0)]
-    if v.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(v, [1, 99])
-    return float(lo), float(max(hi, lo + 1e-3))
 
 
 def sample_stats(sample: dict[str, Any]) -> dict[str, str]:
@@ -87,12 +62,10 @@ def sample_panel(
     std: list[float],
     title: str = "",
     cell_inches: float = 2.6,
-):
+) -> Any:
     """A matplotlib Figure: one row per task (ground truth | prediction | error), the image in
     the first column, a class legend, a depth colorbar and error colorbars."""
     plt = _plt()
-    from matplotlib.patches import Patch
-
     tasks = [t for t in ("seg", "depth", "normal") if t in sample["pred"]]
     image = denormalize(sample["image"], mean, std)
     h, w = image.shape[:2]
@@ -101,10 +74,30 @@ def sample_panel(
         figsize=(4 * cell_inches + 2.0, len(tasks) * cell_inches * aspect + 1.3),
         layout="constrained",
     )
+    axes, caxes = _panel_axes(fig, len(tasks))
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title("image", fontsize=10)
+    stats = sample_stats(sample)
+    if len(tasks) > 1:
+        text = "\n".join(f"{TITLES[t]}:\n  {s}" for t, s in stats.items()) or "no labels"
+        axes[1, 0].text(0.02, 0.95, text, va="top", ha="left", fontsize=9, family="monospace")
+    present: set[int] = set()
+    for r, task in enumerate(tasks):
+        present |= _task_row(fig, axes[r, 1:], caxes[r], sample, task, palette, first=r == 0)
+    if "seg" in tasks and present:
+        _class_legend(fig, present, classes, palette)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _panel_axes(fig: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tile axes [rows, 4] (image | GT | prediction | error) without ticks or frame, then
+    colorbar slots [rows, 2] (switched off until a colorbar is drawn in one)."""
     # image | GT | prediction | depth colorbar | error | error colorbar: a colorbar slot in
     # every row keeps the columns aligned whether or not that row has a colorbar
-    grid = fig.add_gridspec(len(tasks), 6, width_ratios=[1, 1, 1, 0.05, 1, 0.05])
-    rows = range(len(tasks))
+    grid = fig.add_gridspec(n_rows, 6, width_ratios=[1, 1, 1, 0.05, 1, 0.05])
+    rows = range(n_rows)
     axes = np.array([[fig.add_subplot(grid[r, c]) for c in (0, 1, 2, 4)] for r in rows])
     caxes = np.array([[fig.add_subplot(grid[r, c]) for c in (3, 5)] for r in rows])
     for ax in caxes.ravel():
@@ -114,84 +107,55 @@ def sample_panel(
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-    axes[0, 0].imshow(image)
-    axes[0, 0].set_title("image", fontsize=10)
-    stats = sample_stats(sample)
-    if len(tasks) > 1:
-        text = "\n".join(f"{TITLES[t]}:\n  {s}" for t, s in stats.items()) or "no labels"
-        axes[1, 0].text(0.02, 0.95, text, va="top", ha="left", fontsize=9, family="monospace")
+    return axes, caxes
+
+
+def _task_row(
+    fig: Any,
+    axes: np.ndarray,
+    caxes: np.ndarray,
+    sample: dict[str, Any],
+    task: str,
+    palette: list[list[int]],
+    first: bool,
+) -> set[int]:
+    """One task's GT | prediction | error tiles; returns the class ids a seg row shows."""
+    gt_ax, pred_ax, err_ax = axes
+    gt_ax.set_ylabel(TITLES[task], fontsize=10)  # row label (visible: ticks are off)
+    if first:
+        gt_ax.set_title("ground truth", fontsize=10)
+        pred_ax.set_title("prediction", fontsize=10)
+        err_ax.set_title("error", fontsize=10)
+    labeled = sample.get("has", {}).get(task, True)
+    gt, pred = sample["target"][task], sample["pred"][task]
     present: set[int] = set()
-    for r, task in enumerate(tasks):
-        gt_ax, pred_ax, err_ax = axes[r, 1], axes[r, 2], axes[r, 3]
-        gt_ax.set_ylabel(TITLES[task], fontsize=10)  # row label (visible: ticks are off)
-        if r == 0:
-            gt_ax.set_title("ground truth", fontsize=10)
-            pred_ax.set_title("prediction", fontsize=10)
-            err_ax.set_title("error", fontsize=10)
-        labeled = sample.get("has", {}).get(task, True)
-        gt, pred = sample["target"][task], sample["pred"][task]
-        if task == "seg":
-            g, p = _np(gt).astype(np.int64), _np(pred).astype(np.int64)
-            present |= set(np.unique(p).tolist()) | set(np.unique(g[g != 255]).tolist())
-            pred_ax.imshow(colorize_seg(p, palette))
-            if labeled:
-                gt_ax.imshow(colorize_seg(g, palette))
-                err = np.zeros((*g.shape, 3), np.uint8)  # ignore: black
-                err[(g != 255) & (g == p)] = (90, 90, 90)
-                err[(g != 255) & (g != p)] = (230, 40, 40)
-                err_ax.imshow(err)
-                err_ax.set_xlabel("red: wrong, grey: right", fontsize=8)
-        elif task == "depth":
-            lo, hi = depth_range(sample)
-            p = _hw(pred)
-            im = pred_ax.imshow(
-                np.ma.masked_less_equal(p, 0), cmap=_cmap("turbo"), vmin=lo, vmax=hi
-            )
-            if labeled:
-                g = _hw(gt)
-                gt_ax.imshow(np.ma.masked_less_equal(g, 0), cmap=_cmap("turbo"), vmin=lo, vmax=hi)
-                e = np.ma.masked_where(g <= 0, np.abs(p - g))
-                eim = err_ax.imshow(e, cmap=_cmap("magma"), vmin=0.0)
-                _colorbar(fig, eim, caxes[r, 1], "|error| [m]")
-            _colorbar(fig, im, caxes[r, 0], "depth [m]")
-        else:
-            pred_ax.imshow(colorize_normal(pred))
-            if labeled:
-                gt_ax.imshow(colorize_normal(gt))
-                ang, valid = angle_error_deg(pred, gt)
-                a = np.ma.masked_where(~valid, ang)
-                eim = err_ax.imshow(a, cmap=_cmap("magma"), vmin=0.0, vmax=NORMAL_ERR_MAX)
-                _colorbar(fig, eim, caxes[r, 1], "angle error [°]", extend="max")
-        if not labeled:
-            for ax in (gt_ax, err_ax):
-                ax.text(0.5, 0.5, "no label", ha="center", va="center", transform=ax.transAxes)
-    if "seg" in tasks and present:
-        handles = [
-            Patch(facecolor=np.asarray(palette[c]) / 255.0, edgecolor="0.3", label=classes[c])
-            for c in sorted(present)
-            if 0 <= c < len(classes)
-        ]
-        fig.legend(
-            handles=handles, loc="outside lower center", ncol=min(len(handles), 7),
-            fontsize=8, frameon=False, handlelength=1.2, columnspacing=1.0,
-        )  # fmt: skip
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return fig
+    if task == "seg":
+        present = seg_tiles(axes, gt, pred, palette, labeled)
+    elif task == "depth":
+        depth_tiles(fig, axes, caxes, sample, labeled)
+    else:
+        normal_tiles(fig, axes, caxes, gt, pred, labeled)
+    if not labeled:
+        for ax in (gt_ax, err_ax):
+            ax.text(0.5, 0.5, "no label", ha="center", va="center", transform=ax.transAxes)
+    return present
 
 
-def _colorbar(fig: Any, mappable: Any, cax: Any, label: str, extend: str = "neither") -> None:
-    cax.set_axis_on()
-    bar = fig.colorbar(mappable, cax=cax, extend=extend)
-    bar.set_label(label, fontsize=9)
-    bar.ax.tick_params(labelsize=8)
+def _class_legend(
+    fig: Any, present: set[int], classes: list[str], palette: list[list[int]]
+) -> None:
+    """A legend under the figure naming the colour of every class shown."""
+    from matplotlib.patches import Patch
 
-
-def _cmap(name: str):
-    import matplotlib
-
-    # invalid pixels (masked) black, as in colorize.py
-    return matplotlib.colormaps[name].with_extremes(bad="black")
+    handles = [
+        Patch(facecolor=np.asarray(palette[c]) / 255.0, edgecolor="0.3", label=classes[c])
+        for c in sorted(present)
+        if 0 <= c < len(classes)
+    ]
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=min(len(handles), 7),
+        fontsize=8, frameon=False, handlelength=1.2, columnspacing=1.0,
+    )  # fmt: skip
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
