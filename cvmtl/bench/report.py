@@ -10,7 +10,7 @@ def format_report(result: dict[str, Any]) -> str:
     tr = result["train"]
     mfu = "n/a" if result.get("mfu") is None else f"{100 * result['mfu']:.1f}%"
     if result.get("mfu") is not None:
-        mfu += f" of the {result['mfu_peak_dtype']} matmul peak"
+        mfu += f" of the {result['mfu_peak_dtype']} peak"
     s = tr["step_s"]
     lines = [
         f"device {result['device']}, torch {result['torch']}, load {result['load_avg']}",
