@@ -20,7 +20,8 @@ Nothing is changed: parameters are never written (the lookahead runs through
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -169,28 +170,17 @@ def compute_affinity(
     ``loss_fn(preds, batch) -> {task: loss}`` may leave out a task (no labels in the batch).
     ``mode`` sets train (batch statistics, as during training) or eval (running statistics).
     """
-    if source not in ("features", "params"):
-        raise ValueError(f"source: expected features | params, got {source!r}")
-    if mode not in ("train", "eval"):
-        raise ValueError(f"mode: expected train | eval, got {mode!r}")
-    if not lookahead_lr > 0:
-        raise ValueError(f"lookahead_lr must be > 0, got {lookahead_lr}")
-    names_by_id = {id(p): n for n, p in model.named_parameters()}
-    shared = [(names_by_id[id(p)], p) for p in model.shared_parameters() if p.requires_grad]
-    if not shared:
-        raise ValueError("the model shares no trainable parameter (model.sharing=soft?)")
+    _check_options(source, mode, lookahead_lr)
+    shared = _named_shared_parameters(model)
     groups = stage_parameter_groups(model) if source == "params" else None
     t = len(tasks)
     stages: list[str] = list(groups) if groups is not None else []
     cos_avg: dict[str, _Mean] = {}
     norm_avg: dict[str, _Mean] = {}
     look_avg = _Mean((t, t))
-    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
-    was_training = model.training
     device = shared[0][1].device
-    model.train(mode == "train")
     count = 0
-    try:
+    with _state_restored(model, train=mode == "train"):
         for batch in batches:
             image = batch["image"].to(device)
             outs, preds = staged_forward(model, image)
@@ -208,11 +198,6 @@ def compute_affinity(
             )
             look_avg.add(z)
             count += 1
-    finally:
-        model.train(was_training)
-        with torch.no_grad():  # BN running statistics (and any other state) as they were
-            for k, v in model.named_buffers():
-                v.copy_(buffers[k])
     if count == 0:
         raise ValueError("no batch to compute affinities on")
     return AffinityResult(
@@ -226,6 +211,40 @@ def compute_affinity(
         source=source,
         mode=mode,
     )
+
+
+def _check_options(source: str, mode: str, lookahead_lr: float) -> None:
+    """Reject an unknown gradient source or mode and a non-positive lookahead step."""
+    if source not in ("features", "params"):
+        raise ValueError(f"source: expected features | params, got {source!r}")
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode: expected train | eval, got {mode!r}")
+    if not lookahead_lr > 0:
+        raise ValueError(f"lookahead_lr must be > 0, got {lookahead_lr}")
+
+
+def _named_shared_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The trainable shared parameters with their names (functional_call replaces them by name)."""
+    names_by_id = {id(p): n for n, p in model.named_parameters()}
+    shared = [(names_by_id[id(p)], p) for p in model.shared_parameters() if p.requires_grad]
+    if not shared:
+        raise ValueError("the model shares no trainable parameter (model.sharing=soft?)")
+    return shared
+
+
+@contextmanager
+def _state_restored(model: nn.Module, train: bool) -> Iterator[None]:
+    """Run in train or eval mode; afterwards the mode and every buffer are as they were."""
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    was_training = model.training
+    model.train(train)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        with torch.no_grad():  # BN running statistics (and any other state) as they were
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
 
 
 def _task_gradients(losses, tasks, outs, shared, groups, stages):
