@@ -205,21 +205,31 @@ def compute_losses(
         else:
             present = [True] * len(tasks)
             counts = torch.stack([denominators[t].to(totals) for t in tasks])
-        out: dict[str, torch.Tensor] = {}
-        for i, task in enumerate(tasks):
-            if not present[i]:
-                continue
-            n = counts[i].float()
-            if task in silog:
-                sq, s = silog[task]
-                s_glob = totals[i, 2].float()
-                value = totals[i, 0].float() / n - SILOG_LAMBDA * (s_glob / n) ** 2
-                part = sq / n - SILOG_LAMBDA * 2.0 * s_glob * s / (n * n)
-            else:
-                value = totals[i, 0].float() / n
-                part = local[task] / n
-            out[task] = part + (value - part).detach()
-    return out
+        return {
+            task: _global_loss(local.get(task), silog.get(task), totals[i], counts[i])
+            for i, task in enumerate(tasks)
+            if present[i]
+        }
+
+
+def _global_loss(
+    local: torch.Tensor | None,
+    silog: tuple[torch.Tensor, torch.Tensor] | None,
+    totals: torch.Tensor,
+    count: torch.Tensor,
+) -> torch.Tensor:
+    """One task's loss: the gradient of this rank's part (local sum / global ``count``), the
+    value of the global loss (``totals`` = global [sum, count, sum_g])."""
+    n = count.float()
+    if silog is not None:
+        sq, s = silog
+        s_glob = totals[2].float()
+        value = totals[0].float() / n - SILOG_LAMBDA * (s_glob / n) ** 2
+        part = sq / n - SILOG_LAMBDA * 2.0 * s_glob * s / (n * n)
+    else:
+        value = totals[0].float() / n
+        part = local / n
+    return part + (value - part).detach()
 
 
 def _device_type(preds: dict) -> str:

@@ -116,11 +116,18 @@ def train_baselines(cfg: Config, tasks: list[str] | None = None) -> dict[str, An
             "best": best,
             "reused": done is not None,
         }
+    data = _write_baselines(cfg, val, test, runs, total)
+    du.barrier()  # every rank's next fit() reads baselines.json
+    return du.broadcast_object(data)
+
+
+def _write_baselines(cfg: Config, val: dict, test: dict, runs: dict, total: int) -> dict:
+    """Merge the new values into baselines.json (tasks not retrained now keep their earlier
+    entries) and baselines/summary.json, from rank 0; return baselines.json's content."""
     zero = [f"{t}/{k}" for t, m in val.items() for k in get_task(t).delta_metrics if m.get(k) == 0]
     if zero:  # delta_m divides by the baseline: selection on it would fail
         log.warning("baselines: %s is 0 on validation; delta_m is undefined (train longer)", zero)
     path = cfg.run_dir / "baselines.json"
-    # Tasks not retrained now (a ``tasks`` subset) keep their earlier entries.
     data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     for split, values in ((cfg.data.val_split, val), (cfg.data.test_split, test)):
         if values:
@@ -134,8 +141,7 @@ def train_baselines(cfg: Config, tasks: list[str] | None = None) -> dict[str, An
         summary = {"multitask_steps": total, "batch_size": cfg.train.batch_size}
         summary["runs"] = {**earlier, **runs}
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    du.barrier()  # every rank's next fit() reads baselines.json
-    return du.broadcast_object(data)
+    return data
 
 
 def _evaluate_best(bcfg: Config, roles: list[str]) -> dict[str, dict]:

@@ -91,6 +91,34 @@ def train_task(model: nn.Module, cfg: Config, task: str, loader: Any, device: to
     return steps
 
 
+def _tasks_to_finetune(cfg: Config, tasks: list[str] | None) -> list[str]:
+    tasks = list(tasks or cfg.finetune.tasks or cfg.tasks)
+    unknown = [t for t in tasks if t not in cfg.tasks]
+    if unknown:
+        raise ValueError(f"finetune.tasks: {unknown} not among the trained tasks {cfg.tasks}")
+    if cfg.finetune.epochs <= 0:
+        raise ValueError("finetune.epochs must be > 0 to fine-tune")
+    return tasks
+
+
+def _save_finetuned(
+    model: nn.Module, cfg: Config, ckpt: dict, task: str, steps: int, source: str | Path
+) -> None:
+    """``finetune/<task>.pt``: a full checkpoint that eval / infer use like any other."""
+    from cvmtl.engine.checkpoint import save_checkpoint
+
+    meta = {
+        "task": task,
+        "freeze": cfg.finetune.freeze,
+        "epochs": cfg.finetune.epochs,
+        "steps": steps,
+        "from": str(source),
+    }
+    state = {"model": model.state_dict(), "config": to_dict(cfg), "finetune": meta}
+    state.update(step=int(ckpt.get("step", 0)), epoch=int(ckpt.get("epoch", 0)))
+    save_checkpoint(state, cfg.run_dir / "finetune" / f"{task}.pt")
+
+
 def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None) -> dict[str, Any]:
     """Fine-tune each task of ``tasks`` (default ``cfg.finetune.tasks`` or all) from
     ``checkpoint``; write ``finetune/<task>.pt`` and ``finetune.json`` into the run folder and
@@ -98,17 +126,12 @@ def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None
     from cvmtl.data.loader import build_loaders
     from cvmtl.engine.baselines import scalars
     from cvmtl.engine.build import seed_everything
-    from cvmtl.engine.checkpoint import load_checkpoint, save_checkpoint
+    from cvmtl.engine.checkpoint import load_checkpoint
     from cvmtl.engine.evaluator import evaluate
     from cvmtl.engine.restore import build_from_weights
     from cvmtl.precision import resolve_device
 
-    tasks = list(tasks or cfg.finetune.tasks or cfg.tasks)
-    unknown = [t for t in tasks if t not in cfg.tasks]
-    if unknown:
-        raise ValueError(f"finetune.tasks: {unknown} not among the trained tasks {cfg.tasks}")
-    if cfg.finetune.epochs <= 0:
-        raise ValueError("finetune.epochs must be > 0 to fine-tune")
+    tasks = _tasks_to_finetune(cfg, tasks)
     ckpt = load_checkpoint(checkpoint)
     device = resolve_device(cfg.train.device, "train.device")
     seed_everything(cfg.train.seed)
@@ -118,7 +141,6 @@ def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None
         raise ValueError("finetune: no test or validation split to report on")
     split = getattr(cfg.data, f"{role}_split")
     joint = build_from_weights(cfg, ckpt["model"], device, str(checkpoint))
-    folder = cfg.run_dir / "finetune"
     report: dict[str, Any] = {}
     for task in tasks:
         before = evaluate(joint, loaders[role], [task], cfg, device=device, progress=False)
@@ -126,23 +148,7 @@ def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None
         seed_everything(cfg.train.seed)
         steps = train_task(model, cfg, task, loaders["train"], device)
         after = evaluate(model, loaders[role], [task], cfg, device=device, progress=False)
-        meta = {
-            "task": task,
-            "freeze": cfg.finetune.freeze,
-            "epochs": cfg.finetune.epochs,
-            "steps": steps,
-            "from": str(checkpoint),
-        }
-        save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "config": to_dict(cfg),
-                "step": int(ckpt.get("step", 0)),
-                "epoch": int(ckpt.get("epoch", 0)),
-                "finetune": meta,
-            },
-            folder / f"{task}.pt",
-        )
+        _save_finetuned(model, cfg, ckpt, task, steps, checkpoint)
         report[task] = {
             "split": split,
             "steps": steps,
