@@ -126,13 +126,55 @@ def train(cfg: Config) -> dict[str, Any]:
     return baselines
 
 
+class StageClock:
+    """``lap(stage)`` records and prints the seconds since the previous lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.clock = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = now - self.clock
+        self.clock = now
+        print(f"demo: {stage} done in {self.seconds[stage]:.0f} s", flush=True)
+
+
+def evaluate_best(cfg: Config, report: Path) -> dict[str, Any]:
+    """``tools/eval.py`` on best.pt and the test split into ``report``; without delta_m (and
+    a warning) when a baseline metric is 0, which only a far too short run gives."""
+    from cvmtl.engine.eval_run import run_eval
+
+    try:
+        return run_eval(cfg.run_dir / "best.pt", split="test", out=report)
+    except ValueError as err:
+        if "baseline" not in str(err):
+            raise
+        print(f"demo: warning: {err}; evaluating without delta_m")
+        empty = cfg.run_dir / "no_baselines.json"
+        empty.write_text("{}\n")
+        return run_eval(cfg.run_dir / "best.pt", split="test", out=report, baselines=empty)
+
+
+def output_paths(cfg: Config, report: Path, vis: Path) -> dict[str, str]:
+    """What the demo wrote, for its summary."""
+    return {
+        "run": str(cfg.run_dir),
+        "checkpoint": str(cfg.run_dir / "best.pt"),
+        "baselines": str(cfg.run_dir / "baselines.json"),
+        "report": str(report / "report.html"),
+        "metrics": str(report / "metrics.json"),
+        "vis": str(vis),
+        "tensorboard": f"tensorboard --logdir {cfg.out_dir}",
+    }
+
+
 def run_demo(
     config: str | Path, overrides: list[str] | tuple = (), opts: DemoOptions | None = None
 ) -> dict[str, Any]:
     """Run every stage; print the summary; return ``{"metrics", "baselines", "floors", "paths",
     "seconds"}`` (``seconds`` per stage)."""
     from cvmtl.demo_report import compute_floors, format_summary, write_visuals
-    from cvmtl.engine.eval_run import run_eval
     from cvmtl.vis.report import model_summary
 
     opts = opts or DemoOptions()
@@ -140,15 +182,8 @@ def run_demo(
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     cfg = load_config(config, list(overrides))
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[stage] = now - clock
-        clock = now
-        print(f"demo: {stage} done in {seconds[stage]:.0f} s", flush=True)
+    lap = StageClock()
+    seconds = lap.seconds
 
     size = "x".join(str(v) for v in cfg.data.crop)
     print(f"demo [1/5] dataset {cfg.data.root} ({opts.counts}, {size})")
@@ -163,15 +198,7 @@ def run_demo(
 
     print(f"demo [3/5] evaluating {cfg.run_dir / 'best.pt'} on the test split")
     report = cfg.run_dir / "report"
-    try:
-        metrics = run_eval(cfg.run_dir / "best.pt", split="test", out=report)
-    except ValueError as err:  # a baseline metric of 0 (far too short a run): no delta_m
-        if "baseline" not in str(err):
-            raise
-        print(f"demo: warning: {err}; evaluating without delta_m")
-        empty = cfg.run_dir / "no_baselines.json"
-        empty.write_text("{}\n")
-        metrics = run_eval(cfg.run_dir / "best.pt", split="test", out=report, baselines=empty)
+    metrics = evaluate_best(cfg, report)
     lap("evaluation")
 
     print(f"demo [4/5] visualizations -> {cfg.run_dir / 'vis'}")
@@ -180,15 +207,7 @@ def run_demo(
 
     print("demo [5/5] summary")
     floors = compute_floors(cfg)
-    paths = {
-        "run": str(cfg.run_dir),
-        "checkpoint": str(cfg.run_dir / "best.pt"),
-        "baselines": str(cfg.run_dir / "baselines.json"),
-        "report": str(report / "report.html"),
-        "metrics": str(report / "metrics.json"),
-        "vis": str(vis),
-        "tensorboard": f"tensorboard --logdir {cfg.out_dir}",
-    }
+    paths = output_paths(cfg, report, vis)
     test_base = baselines.get(cfg.data.test_split, {})
     print(f"model: {model_summary(cfg)}")
     print(format_summary(metrics, test_base, floors, cfg.tasks))
@@ -197,12 +216,7 @@ def run_demo(
     for key, value in paths.items():
         print(f"  {key:12s} {value}")
     print(f"demo: finished in {seconds['total']:.0f} s")
-    summary = {
-        "metrics": metrics,
-        "baselines": test_base,
-        "floors": floors,
-        "paths": paths,
-        "seconds": seconds,
-    }
+    summary = dict(metrics=metrics, baselines=test_base, floors=floors, paths=paths)
+    summary["seconds"] = seconds
     (cfg.run_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -101,7 +101,7 @@ def prepare_step(micro: list[dict], model: nn.Module, scaler, cfg) -> StepInputs
         mult=scaler.scale(one) if use_scaler else one,
         use_scaler=use_scaler,
         autocast=autocast_context(cfg.train.amp, device),
-        channels_last=bool(cfg.train.channels_last),
+        channels_last=cfg.train.channels_last is True,  # a resolved config: auto is not True
     )
 
 
