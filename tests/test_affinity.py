@@ -15,7 +15,7 @@ import torch
 from evalkit import make_data, overrides
 from torch import nn
 
-from cvmtl.affinity import (
+from cvmtl.workflows.affinity import (
     AffinityResult,
     compute_affinity,
     partitions,

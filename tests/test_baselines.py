@@ -8,11 +8,11 @@ import pytest
 from enginekit import one_thread  # noqa: F401  (autouse fixture)
 from evalkit import config, make_data, overrides
 
-from cvmtl.engine.baselines import baseline_config, read_summary, train_baselines
 from cvmtl.engine.best import BestTracker
 from cvmtl.engine.checkpoint import load_checkpoint
 from cvmtl.engine.selection import nest, select_best, val_history
 from cvmtl.metrics import delta_m
+from cvmtl.workflows.baselines import baseline_config, read_summary, train_baselines
 
 TASKS = ["seg", "depth"]
 BASE = {"seg": {"miou": 40.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.50, "rel_err": 0.20}}

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvmtl.benchmark import random_batch, run_benchmark, simple_losses
 from cvmtl.config import load_config
+from cvmtl.workflows.benchmark import random_batch, run_benchmark, simple_losses
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -121,7 +121,7 @@ def test_no_peak_means_no_mfu() -> None:
 
 
 def test_peaks_climb_sizes_and_stop_when_slow() -> None:
-    from cvmtl.bench.timing import peak_conv_flops, peak_matmul_flops, peak_sizes
+    from cvmtl.workflows.bench.timing import peak_conv_flops, peak_matmul_flops, peak_sizes
 
     assert peak_sizes(2048) == [512, 1024, 2048] and peak_sizes(768) == [512, 768]
     assert peak_sizes(256) == [256] and peak_sizes(64, 16) == [16, 32, 64]
@@ -147,8 +147,8 @@ def test_flops_scale_with_pixels() -> None:
 def test_phased_step_makes_the_same_update_as_train_step(extra: list[str]) -> None:
     """Timing through the ``mark`` hook must not change train_step's update, and every phase
     that runs must be timed."""
-    from cvmtl.bench.phases import phased_train_step
-    from cvmtl.benchmark import EngineStep, prepare
+    from cvmtl.workflows.bench.phases import phased_train_step
+    from cvmtl.workflows.benchmark import EngineStep, prepare
 
     extra = [*extra, "loss.balancer=mgda"] if "loss.grad_source=params" in extra else extra
     cfg = load_config(None, [*TINY, "train.amp=none", *extra])
@@ -181,7 +181,7 @@ def test_simple_losses_are_finite() -> None:
 
 
 def test_sweep_rows_and_table() -> None:
-    from cvmtl.bench.sweep import grid_points, markdown_table, parse_grid, run_sweep
+    from cvmtl.workflows.bench.sweep import grid_points, markdown_table, parse_grid, run_sweep
 
     cfg = load_config(None, TINY)
     grid = parse_grid(["train.batch_size=[1,2]", "tasks=[[seg]]"])

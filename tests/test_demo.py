@@ -10,9 +10,9 @@ import pytest
 from enginekit import REPO, make_tiny_dataset, one_thread  # noqa: F401  (autouse fixture)
 
 from cvmtl.config import load_config
-from cvmtl.demo import STAMP, DemoOptions, dataset_is_current, run_demo
-from cvmtl.demo_report import format_summary
-from cvmtl.experiments import compare, load_results, results_table
+from cvmtl.workflows.demo import STAMP, DemoOptions, dataset_is_current, run_demo
+from cvmtl.workflows.demo_report import format_summary
+from cvmtl.workflows.experiments import compare, load_results, results_table
 
 CONFIG = REPO / "configs" / "synthetic_demo.yaml"
 
@@ -93,11 +93,11 @@ METRICS = (("seg", "miou"), ("normal", "mean"), ("depth", "abs_err"))
 @pytest.mark.slow  # one 300-step training: ~35-45 s on a busy 2-core box
 def test_demo_model_clears_the_floors_at_a_tiny_budget(tmp_path):
     """The demo's claim on a small scale: against the trivial floors on the test split
-    (cvmtl.demo_report.compute_floors), its config clears the seg floor and reaches the depth and
-    normal ones, within the measured bounds above."""
-    from cvmtl.demo import ensure_dataset
-    from cvmtl.demo_report import compute_floors
+    (cvmtl.workflows.demo_report.compute_floors), its config clears the seg floor and reaches the
+    depth and normal ones, within the measured bounds above."""
     from cvmtl.engine.trainer import fit
+    from cvmtl.workflows.demo import ensure_dataset
+    from cvmtl.workflows.demo_report import compute_floors
 
     over = tiny(tmp_path, tmp_path / "syn", train__max_steps=300, train__batch_size=8,
                 train__log_every=100, train__eval_every=0, train__best_metric="seg/miou",

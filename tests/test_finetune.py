@@ -10,8 +10,8 @@ from enginekit import one_thread  # noqa: F401  (autouse fixture)
 from evalkit import config, make_data
 
 from cvmtl.engine.checkpoint import load_checkpoint
-from cvmtl.engine.finetune import finetune, finetune_after_fit, trainable_modules
 from cvmtl.engine.trainer import fit
+from cvmtl.workflows.finetune import finetune, finetune_after_fit, trainable_modules
 
 
 @pytest.fixture(scope="module")

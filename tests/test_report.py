@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from cvmtl.config import Config
-from cvmtl.engine.eval_stats import AngleHistogram, DepthBins, nan_to_none
 from cvmtl.vis.report import is_nyu, write_report
+from cvmtl.workflows.eval_stats import AngleHistogram, DepthBins, nan_to_none
 
 CLASSES = ["bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "picture", "sofa",
            "table", "tv", "wall", "window"]  # fmt: skip

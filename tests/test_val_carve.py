@@ -77,7 +77,7 @@ def test_test_role_is_never_carved_even_when_named_like_val(tmp_path, format):
 
 
 def test_baseline_configs_validate_on_the_same_carve(tmp_path):
-    from cvmtl.engine.baselines import baseline_config
+    from cvmtl.workflows.baselines import baseline_config
 
     make_split_dataset(tmp_path / "data", "nyuv2_npy")
     cfg = load_config(None, _overrides(tmp_path / "data", "nyuv2_npy", tmp_path / "runs"))

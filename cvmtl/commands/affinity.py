@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def affinity(args: argparse.Namespace) -> int:
-    from cvmtl.affinity import run_affinity, write_outputs
+    from cvmtl.workflows.affinity import run_affinity, write_outputs
 
     result, out = run_affinity(
         checkpoint=args.checkpoint,

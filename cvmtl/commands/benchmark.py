@@ -23,6 +23,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sweep", action="store_true", help="run a grid (see --grid)")
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        default=None,
+        metavar="KEY=[V,...]",
+        help="sweep values (default: cvmtl.workflows.bench.sweep.DEFAULT_GRID)",
+    )
+    p.add_argument(
+        "--grid-mode",
+        choices=("axes", "product"),
+        default="axes",
+        help="axes: one key at a time around the config; product: all combinations",
+    )
+    p.add_argument("--table", default=None, help="sweep: write the markdown table here")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = make_parser(__doc__)
     p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
@@ -65,21 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-phases", action="store_true", help="skip the per-phase breakdown")
     p.add_argument("--loader", action="store_true", help="benchmark the data loader alone")
     p.add_argument("--loader-batches", type=int, default=10, help="timed loader batches")
-    p.add_argument("--sweep", action="store_true", help="run a grid (see --grid)")
-    p.add_argument(
-        "--grid",
-        nargs="+",
-        default=None,
-        metavar="KEY=[V,...]",
-        help="sweep values (default: cvmtl.bench.sweep.DEFAULT_GRID)",
-    )
-    p.add_argument(
-        "--grid-mode",
-        choices=("axes", "product"),
-        default="axes",
-        help="axes: one key at a time around the config; product: all combinations",
-    )
-    p.add_argument("--table", default=None, help="sweep: write the markdown table here")
+    add_sweep_arguments(p)
     args = p.parse_args(argv)
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
@@ -91,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def benchmark(args: argparse.Namespace) -> int:
-    from cvmtl.bench.timing import load_average, resolve_device
-    from cvmtl.benchmark import format_report, run_benchmark, simple_train_step
+    from cvmtl.workflows.bench.timing import load_average, resolve_device
+    from cvmtl.workflows.benchmark import format_report, run_benchmark, simple_train_step
 
     cfg = load_config(args.config, args.overrides)
     if args.sweep:
-        from cvmtl.bench.sweep import markdown_table, parse_grid, run_sweep
+        from cvmtl.workflows.bench.sweep import markdown_table, parse_grid, run_sweep
 
         grid = parse_grid(args.grid) if args.grid else None
         rows = run_sweep(cfg, grid, args.grid_mode, args.iters, args.warmup, args.device)
@@ -107,7 +111,7 @@ def benchmark(args: argparse.Namespace) -> int:
             Path(args.table).write_text(table)
         result = {"sweep": rows, "mode": args.grid_mode, "load_avg": load_average()}
     elif args.loader:
-        from cvmtl.bench.data import loader_benchmark
+        from cvmtl.workflows.bench.data import loader_benchmark
 
         result = {"loader": loader_benchmark(cfg, args.loader_batches)}
         result["load_avg"] = load_average()

@@ -20,7 +20,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cvmtl.commands._common import add_overrides, make_parser, run_main
-from cvmtl.experiments import VARIANTS, compare, load_results, results_table
+from cvmtl.workflows.experiments import VARIANTS, compare, load_results, results_table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cvmtl.commands._common import add_overrides, make_parser, run_main
-from cvmtl.demo import DemoOptions, run_demo
+from cvmtl.workflows.demo import DemoOptions, run_demo
 
 
 def main(argv: list[str] | None = None) -> int:

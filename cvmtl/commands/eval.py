@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from cvmtl.engine.eval_run import default_out, run_eval
+    from cvmtl.workflows.eval_run import default_out, run_eval
 
     metrics = run_eval(
         args.checkpoint,

@@ -68,9 +68,9 @@ def train(args: argparse.Namespace) -> int:
         cfg.out_dir, cfg.name = str(run_dir.parent), run_dir.name
 
     from cvmtl.distributed import cleanup_distributed, is_main_process
-    from cvmtl.engine.baselines import TrainingInterrupted, train_baselines
-    from cvmtl.engine.finetune import finetune_after_fit
     from cvmtl.engine.trainer import TrainingAborted, fit
+    from cvmtl.workflows.baselines import TrainingInterrupted, train_baselines
+    from cvmtl.workflows.finetune import finetune_after_fit
 
     try:
         if args.train_baselines or args.baselines_only:

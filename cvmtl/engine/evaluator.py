@@ -48,7 +48,7 @@ def evaluate(
 
     ``evaluators``: extra statistics fed the same predictions, detectron2-style: each gets
     ``update(preds, targets)`` per batch (e.g. the report's histograms,
-    :class:`cvmtl.engine.eval_stats.ReportStats`); the caller reads its results.
+    :class:`cvmtl.workflows.eval_stats.ReportStats`); the caller reads its results.
 
     ``cfg`` is the run Config (uses ``eval``, ``data.num_classes``, ``train.amp``,
     ``train.channels_last``). ``amp``: ``auto | none | bf16 | fp16`` (default ``cfg.train.amp``);

@@ -66,7 +66,7 @@ def train_step(
 
     ``step=False`` stops before the optimizer step and leaves the gradients in ``.grad``.
     ``mark(phase)``, when given, is called as each phase ends (``forward``, ``losses``,
-    ``balancer``, ``backward``, ``optimizer``; see :mod:`cvmtl.bench.phases`).
+    ``balancer``, ``backward``, ``optimizer``; see :mod:`cvmtl.workflows.bench.phases`).
     """
     micro = [batches] if isinstance(batches, dict) else list(batches)
     fn = select_step(balancer, cfg)

@@ -124,12 +124,12 @@ def finetune(cfg: Config, checkpoint: str | Path, tasks: list[str] | None = None
     ``checkpoint``; write ``finetune/<task>.pt`` and ``finetune.json`` into the run folder and
     return finetune.json's content."""
     from cvmtl.data.loader import build_loaders
-    from cvmtl.engine.baselines import scalars
     from cvmtl.engine.build import seed_everything
     from cvmtl.engine.checkpoint import load_checkpoint
     from cvmtl.engine.evaluator import evaluate
     from cvmtl.engine.restore import build_from_weights
     from cvmtl.precision import resolve_device
+    from cvmtl.workflows.baselines import scalars
 
     tasks = _tasks_to_finetune(cfg, tasks)
     ckpt = load_checkpoint(checkpoint)

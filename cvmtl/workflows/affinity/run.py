@@ -1,5 +1,6 @@
 """The logic of ``tools/affinity.py``: a model (from a checkpoint or a fresh one from a config)
-and the first N batches of a split, through :func:`~cvmtl.affinity.compute.compute_affinity`."""
+and the first N batches of a split, through
+:func:`~cvmtl.workflows.affinity.compute.compute_affinity`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cvmtl.affinity.compute import AffinityResult, compute_affinity
 from cvmtl.config import Config, load_config
 from cvmtl.losses import compute_losses
+from cvmtl.workflows.affinity.compute import AffinityResult, compute_affinity
 
 
 def load_for_affinity(

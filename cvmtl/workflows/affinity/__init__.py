@@ -5,14 +5,14 @@ of Fifty et al. (2021), a recommendation (task groups, branch points) and report
 ``run`` loads a model and batches from a checkpoint or a config (what ``tools/affinity.py`` calls).
 """
 
-from cvmtl.affinity.compute import (
+from cvmtl.workflows.affinity.compute import (
     AffinityResult,
     compute_affinity,
     stage_names,
     stage_parameter_groups,
     staged_forward,
 )
-from cvmtl.affinity.report import (
+from cvmtl.workflows.affinity.report import (
     grouping_score,
     partitions,
     plot_heatmaps,
@@ -20,7 +20,7 @@ from cvmtl.affinity.report import (
     to_markdown,
     write_outputs,
 )
-from cvmtl.affinity.run import load_for_affinity, run_affinity
+from cvmtl.workflows.affinity.run import load_for_affinity, run_affinity
 
 __all__ = [
     "AffinityResult",

@@ -1,5 +1,5 @@
-"""Reading an :class:`~cvmtl.affinity.AffinityResult`: a recommendation (task groups, branch
-points) and the files ``affinity.json``, ``affinity.md`` and ``affinity.png``."""
+"""Reading an :class:`~cvmtl.workflows.affinity.AffinityResult`: a recommendation (task groups,
+branch points) and the files ``affinity.json``, ``affinity.md`` and ``affinity.png``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cvmtl.affinity.compute import AffinityResult
+from cvmtl.workflows.affinity.compute import AffinityResult
 
 
 def _finite(x: float | None) -> bool:

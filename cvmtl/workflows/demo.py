@@ -3,7 +3,7 @@
 Stages, each with a progress bar: render the synthetic dataset (skipped when ``root`` already
 holds the same counts / size / seed / renderer, recorded in ``demo_stamp.json``), train the
 single-task baselines then the multi-task model with the same step budget
-(:func:`cvmtl.engine.baselines.train_baselines` then :func:`cvmtl.engine.trainer.fit`), evaluate
+(:func:`cvmtl.workflows.baselines.train_baselines` then :func:`cvmtl.engine.trainer.fit`), evaluate
 ``best.pt`` on the test split with delta_m (``report/``), draw panels and curves (``vis/``), and
 print a single-task vs multi-task table. A rerun reuses every finished stage and resumes an
 interrupted training of the same config from its ``last.pt``
@@ -43,7 +43,7 @@ class DemoOptions:
 
 def renderer_version() -> str:
     """A short hash of the renderer's source: a changed renderer means a stale dataset."""
-    folder = Path(__file__).parent / "data"
+    folder = Path(__file__).parents[1] / "data"  # cvmtl/data
     digest = hashlib.sha256()
     for path in sorted(folder.glob("synthetic*.py")):
         digest.update(path.read_bytes())
@@ -108,11 +108,11 @@ def train(cfg: Config) -> dict[str, Any]:
     config are reused, interrupted ones resumed from their ``last.pt``.
 
     Returns baselines.json's content. Baselines and the multi-task run share backbone, optimizer,
-    schedule, batch size and step count (see :mod:`cvmtl.engine.baselines`).
+    schedule, batch size and step count (see :mod:`cvmtl.workflows.baselines`).
     """
-    from cvmtl.engine.baselines import multitask_steps, train_baselines
     from cvmtl.engine.run import prior_run, resume_flag
     from cvmtl.engine.trainer import fit
+    from cvmtl.workflows.baselines import multitask_steps, train_baselines
 
     baselines = train_baselines(cfg)
     total = multitask_steps(cfg)
@@ -143,7 +143,7 @@ class StageClock:
 def evaluate_best(cfg: Config, report: Path) -> dict[str, Any]:
     """``tools/eval.py`` on best.pt and the test split into ``report``; without delta_m (and
     a warning) when a baseline metric is 0, which only a far too short run gives."""
-    from cvmtl.engine.eval_run import run_eval
+    from cvmtl.workflows.eval_run import run_eval
 
     try:
         return run_eval(cfg.run_dir / "best.pt", split="test", out=report)
@@ -174,8 +174,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run every stage; print the summary; return ``{"metrics", "baselines", "floors", "paths",
     "seconds"}`` (``seconds`` per stage)."""
-    from cvmtl.demo_report import compute_floors, format_summary, write_visuals
     from cvmtl.vis.report import model_summary
+    from cvmtl.workflows.demo_report import compute_floors, format_summary, write_visuals
 
     opts = opts or DemoOptions()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -85,14 +85,14 @@ def variant_config(base: Config, out: Path, seed: int, name: str) -> Config:
 
 def _scalars(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """``{task: scalar metrics}`` (per-class lists dropped), per task as baselines.json has it."""
-    from cvmtl.engine.baselines import scalars
+    from cvmtl.workflows.baselines import scalars
 
     return {t: scalars(m) for t, m in results.items()}
 
 
 def seed_baselines(base: Config, out: Path, seed: int) -> dict[str, Any]:
     """Train (or reuse) the seed's single-task baselines; baselines.json's content."""
-    from cvmtl.engine.baselines import train_baselines
+    from cvmtl.workflows.baselines import train_baselines
 
     cfg = copy.deepcopy(base)
     cfg.out_dir, cfg.name, cfg.train.seed = str(out), f"seed{seed}", seed

@@ -1,4 +1,4 @@
-"""Benchmark pieces behind :mod:`cvmtl.benchmark` and ``tools/benchmark.py``.
+"""Benchmark pieces behind :mod:`cvmtl.workflows.benchmark` and ``tools/benchmark.py``.
 
 ``timing`` (clocks, interleaved timing, RSS sampling, peak matmul rate), ``phases`` (the
 training step timed phase by phase), ``evalbench`` (evaluation throughput and the metric

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from cvmtl.bench.timing import stats, time_interleaved
 from cvmtl.engine.evaluator import predict
 from cvmtl.metrics import build_metrics
 from cvmtl.precision import autocast_context
+from cvmtl.workflows.bench.timing import stats, time_interleaved
 
 
 def eval_benchmark(

@@ -12,14 +12,16 @@ kernels, and the sum is compared with the untimed step.
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
-from cvmtl.bench.timing import sync
 from cvmtl.engine.step import train_step
+from cvmtl.workflows.bench.steps import random_batch
+from cvmtl.workflows.bench.timing import sync
 
 PHASES = ("forward", "losses", "balancer", "backward", "optimizer")
 
@@ -53,3 +55,33 @@ def phased_train_step(
     if out["skipped"]:
         raise RuntimeError(f"benchmark: the training step was skipped ({out['reason']})")
     return clock.times
+
+
+def median_phases(step, model, optimizer, cfg, dev, iters, data, train_med) -> dict[str, Any]:
+    """Median seconds per phase over ``iters`` timed steps (after one warm-up)."""
+    batches = None
+    if data:
+        from cvmtl.workflows.bench.data import data_config, endless, train_loader
+
+        batches = endless(train_loader(data_config(cfg, (iters + 1) * cfg.train.batch_size)))
+    fixed = random_batch(cfg, cfg.train.batch_size, dev)
+    rows = []
+    for i in range(iters + 1):
+        wait = None
+        if batches is not None:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            wait = time.perf_counter() - t0
+        else:
+            batch = fixed
+        times = phased_train_step(model, batch, step.balancer, optimizer, step.scaler, step.cfg)
+        if i > 0:  # the first step warms the loader and the new input's kernels
+            rows.append({"data": wait, **times})
+    phases = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "data"}
+    data_s = statistics.median(r["data"] for r in rows) if batches is not None else None
+    total = sum(phases.values()) + (data_s or 0.0)
+    return {
+        "phases": {"data": data_s, **phases},
+        "phases_sum_s": total,
+        "phases_vs_step": sum(phases.values()) / train_med,
+    }

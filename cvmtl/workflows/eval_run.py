@@ -51,9 +51,9 @@ def run_eval(
     from cvmtl.data.formats import load_dataset_info
     from cvmtl.data.loader import build_loaders
     from cvmtl.engine.checkpoint import load_checkpoint
-    from cvmtl.engine.eval_stats import evaluate_with_stats, nan_to_none
     from cvmtl.metrics import delta_m
     from cvmtl.vis.report import write_report
+    from cvmtl.workflows.eval_stats import evaluate_with_stats, nan_to_none
 
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from cvmtl.config import Config, ConfigError, from_dict, parse_override, to_dict
+from cvmtl.config import Config, ConfigError, parse_override
+from cvmtl.workflows.bench.steps import with_values
 
 # Small by default: about 10 points, a few minutes on two CPU cores at iters=3.
 DEFAULT_GRID: dict[str, list[Any]] = {
@@ -34,20 +35,6 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
             raise ConfigError(f"--grid {item!r}: expected key=[v1,v2,...]")
         grid[".".join(keys)] = values
     return grid
-
-
-def with_values(cfg: Config, values: dict[str, Any]) -> Config:
-    """A validated copy of ``cfg`` with dotted ``values`` set."""
-    data = to_dict(cfg)
-    for key, value in values.items():
-        node = data
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        if last not in node:
-            raise ConfigError(f"{key}: unknown config key")
-        node[last] = value
-    return from_dict(data)
 
 
 def grid_points(cfg: Config, grid: dict[str, list[Any]], mode: str) -> list[dict[str, Any]]:
@@ -85,7 +72,7 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """One row per grid point: the swept values, step time (median / min), img/s, the step's
     memory, forward FLOPs per image, and megapixels/s (for linearity in pixels and batch)."""
-    from cvmtl.benchmark import run_benchmark
+    from cvmtl.workflows.benchmark import run_benchmark
 
     grid = grid or DEFAULT_GRID
     rows = []

@@ -1,0 +1,172 @@
+"""The steps the benchmark times and what they run on: random batches in the batch contract, the
+engine's ``train_step`` as ``step(model, batch, optimizer)``, a plain-loss step, the plain fp32 /
+NCHW / eager variant, a ``key=value`` variant of a config, FLOPs of one forward pass."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvmtl.config import Config, ConfigError, from_dict, parse_override, to_dict
+from cvmtl.models import build_model
+from cvmtl.precision import (
+    autocast_context,
+    describe_precision,
+    make_scaler,
+    precision_info,
+    resolve_precision,
+)
+
+TrainStep = Callable[[nn.Module, dict[str, Any], torch.optim.Optimizer], Any]
+
+
+def random_batch(cfg: Config, batch_size: int, device: torch.device) -> dict[str, Any]:
+    """A batch in the batch contract with random values at ``data.crop``."""
+    h, w = cfg.data.crop
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "image": torch.randn(batch_size, 3, h, w, generator=g),
+        "seg": torch.randint(0, cfg.data.num_classes, (batch_size, h, w), generator=g),
+        "depth": torch.rand(batch_size, 1, h, w, generator=g) * cfg.model.max_depth,
+        "normal": F.normalize(torch.randn(batch_size, 3, h, w, generator=g), dim=1),
+    }
+    batch = {k: v.to(device) for k, v in batch.items()}
+    batch["has"] = {t: torch.ones(batch_size, dtype=torch.bool, device=device) for t in cfg.tasks}
+    return batch
+
+
+def simple_losses(preds: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Plain per-task losses: cross-entropy, masked L1 depth, 1 - cosine normals."""
+    losses = {}
+    for task, pred in preds.items():
+        if task == "seg":
+            losses[task] = F.cross_entropy(pred.float(), batch["seg"], ignore_index=255)
+        elif task == "depth":
+            valid = batch["depth"] > 0
+            losses[task] = (pred.float() - batch["depth"]).abs()[valid].mean()
+        elif task == "normal":
+            losses[task] = (1 - (pred.float() * batch["normal"]).sum(1)).mean()
+    return losses
+
+
+def simple_train_step(cfg: Config, device: torch.device) -> TrainStep:
+    """Sum of :func:`simple_losses` (+ the soft-sharing penalty), backward, optimizer step."""
+    cfg = resolve_precision(cfg, device)  # train.amp / channels_last: auto -> concrete
+
+    def step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer) -> Any:
+        optimizer.zero_grad(set_to_none=True)
+        image = batch["image"]
+        if cfg.train.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with autocast_context(cfg.train.amp, device):
+            preds = model(image)
+        loss = sum(simple_losses(preds, batch).values()) + model.regularization()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+class EngineStep:
+    """The engine's ``train_step`` with its balancer and scaler, as ``step(model, batch, opt)``."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        from cvmtl.balancers import build_balancer
+
+        self.cfg = cfg = resolve_precision(cfg, device)  # as the trainer: auto -> concrete
+        self.balancer = build_balancer(cfg.loss.balancer, cfg.tasks, **cfg.loss.balancer_args)
+        if isinstance(self.balancer, nn.Module):
+            self.balancer = self.balancer.to(device)
+        self.scaler = make_scaler(cfg.train.amp, device)
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any], optimizer: Any) -> Any:
+        from cvmtl.engine.step import train_step
+
+        out = train_step(model, batch, self.balancer, optimizer, self.scaler, self.cfg)
+        if out["skipped"]:
+            raise RuntimeError(f"benchmark: the training step was skipped ({out['reason']})")
+        return out
+
+
+def engine_train_step(cfg: Config, device: torch.device) -> EngineStep:
+    """The engine's ``train_step(model, batch, balancer, optimizer, scaler, cfg)`` as a step."""
+    return EngineStep(cfg, device)
+
+
+def count_flops(model: nn.Module, cfg: Config, device: torch.device) -> int:
+    """Forward FLOPs of one image at ``data.crop`` (FlopCounterMode: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    image = torch.randn(1, 3, *cfg.data.crop, device=device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(image)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def eager_fp32_config(cfg: Config) -> Config:
+    """The plain loop: fp32, NCHW, no torch.compile (everything else as ``cfg``)."""
+    base = copy.deepcopy(cfg)
+    base.train.amp, base.train.channels_last, base.train.compile = "none", False, False
+    return base
+
+
+def prepare(cfg: Config, dev: torch.device, model: nn.Module | None = None) -> tuple:
+    """(model, optimizer) as the trainer sets them up: channels_last, compile, param groups."""
+    from cvmtl.engine.build import compile_children
+    from cvmtl.engine.optim import build_optimizer
+
+    model = (model or build_model(cfg)).to(dev)
+    if resolve_precision(cfg, dev).train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        compile_children(model)
+    return model, build_optimizer(model, cfg.train)
+
+
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A validated copy of ``cfg`` with dotted ``values`` set."""
+    data = to_dict(cfg)
+    for key, value in values.items():
+        node = data
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        if last not in node:
+            raise ConfigError(f"{key}: unknown config key")
+        node[last] = value
+    return from_dict(data)
+
+
+def variant_step(requested: Config, overrides, dev, model, train_step) -> dict[str, Any]:
+    """The ``compare`` variant: ``requested`` with ``overrides``, resolved for ``dev``, from a
+    copy of ``model`` (same initial weights), set up as the trainer does; ``run`` times one step."""
+    if train_step is not None:
+        raise ValueError("benchmark: compare works with the engine's step (not --step simple)")
+    values = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        values[".".join(keys)] = value
+    vcfg = with_values(requested, values)
+    info = precision_info(vcfg, dev)
+    vcfg = resolve_precision(vcfg, dev)
+    vmodel, vopt = prepare(vcfg, dev, copy.deepcopy(model))
+    vmodel.train()
+    vstep = engine_train_step(vcfg, dev)
+    vbatch = random_batch(vcfg, vcfg.train.batch_size, dev)
+    return {
+        "run": lambda: vstep(vmodel, vbatch, vopt),
+        "overrides": list(overrides),
+        "batch_size": vcfg.train.batch_size,
+        "amp_resolved": info["amp_resolved"],
+        "channels_last_resolved": info["channels_last_resolved"],
+        "precision": describe_precision(vcfg, dev),
+    }

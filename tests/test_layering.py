@@ -1,0 +1,86 @@
+"""The house rules of docs/architecture.md, read from the source: imports go one way (no module
+below the engine imports it, the engine imports no workflow or command), there are no import
+circles (function-level imports included), modules stay under 300 lines, functions under 60."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "cvmtl"
+BASE = ("metrics", "balancers", "losses", "data", "models", "distributed", "tasks", "config",
+        "config_parse", "configs", "precision")  # fmt: skip
+ABOVE_ENGINE = ("cvmtl.workflows", "cvmtl.commands", "cvmtl.cli")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """The cvmtl modules ``path`` imports, anywhere in the file."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in known else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name in known}
+
+
+def _graph() -> dict[str, set[str]]:
+    known = _modules()
+    return {name: _imports(path, known) for name, path in known.items()}
+
+
+def test_imports_go_one_way():
+    graph = _graph()
+    wrong = []
+    for name, targets in graph.items():
+        layer = name.split(".")[1] if "." in name else ""
+        if layer in BASE:
+            wrong += [(name, t) for t in targets if t.startswith("cvmtl.engine")]
+        if layer in BASE or layer == "engine":
+            wrong += [(name, t) for t in targets if t.startswith(ABOVE_ENGINE)]
+    assert not wrong, wrong
+
+
+def test_no_import_circles():
+    graph = _graph()
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles = []
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target) :] + [target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, [" -> ".join(c) for c in cycles]
+
+
+def test_modules_and_functions_stay_small():
+    too_long = []
+    for name, path in _modules().items():
+        source = path.read_text()
+        if len(source.splitlines()) > 300:
+            too_long.append(f"{name}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    too_long.append(f"{name}.{node.name}: {length} lines")
+    assert not too_long, too_long
