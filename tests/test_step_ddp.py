@@ -165,3 +165,46 @@ def test_ddp_batchnorm_ranks_hold_one_model(tmp_path):
             assert r["local_is_own_half"] < 1e-6, (rank, name, r)  # per-rank statistics
             assert r["ranks_agree"] == 0.0, (rank, name, r)  # after averaging: one model
             assert r["is_mean"] < 1e-6, (rank, name, r)
+
+
+def _node_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """Two 'nodes' without a shared disk: each rank has its own run folder, only rank 0's holds
+    best.pt and last.pt; both ranks must end up with rank 0's weights and checkpoint."""
+    from pathlib import Path
+
+    from cvmtl.engine.build import read_checkpoint
+    from cvmtl.engine.checkpoint import save_checkpoint
+    from cvmtl.engine.trainer import load_best_everywhere
+
+    torch.set_num_threads(1)
+    own = Path(out_dir) / f"node{rank}"
+    own.mkdir()
+    torch.manual_seed(123)
+    best = TinyMTL(TASKS)
+    if rank == 0:
+        for name in ("best.pt", "last.pt"):
+            save_checkpoint({"model": best.state_dict(), "step": 7}, own / name)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        torch.manual_seed(rank)  # different weights on each rank before
+        model = TinyMTL(TASKS)
+        found = load_best_everywhere(model, own / "best.pt")
+        cfg = tiny_cfg()
+        cfg.out_dir, cfg.name = str(Path(out_dir)), f"node{rank}"
+        ckpt = read_checkpoint(cfg, True)
+        diff = max(
+            float((p - q).abs().max()) for p, q in zip(model.parameters(), best.parameters())
+        )
+        report = {"found": found, "diff": diff, "step": int(ckpt["step"])}
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"node{rank}.json"), "w") as f:
+        json.dump(report, f)
+
+
+@pytest.mark.distributed
+def test_nodes_without_a_shared_disk_get_rank0s_best_and_resume_checkpoint(tmp_path):
+    mp.spawn(_node_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        r = json.loads((tmp_path / f"node{rank}.json").read_text())
+        assert r == {"found": True, "diff": 0.0, "step": 7}, (rank, r)

@@ -228,3 +228,19 @@ def test_real_resnet18_model_steps(name, amp):
     still = [n for n, p in model.named_parameters() if torch.equal(before[n], p)]
     assert all(".layer" in n and "bn2" not in n and "downsample" not in n for n in still), still
     assert any(n.startswith("heads.") for n in before) and len(still) < len(before) / 2
+
+
+def test_famo_post_step_forward_leaves_batchnorm_statistics_alone():
+    """FAMO recomputes the losses after the step (train mode, as its official trainer); that
+    forward must not update BatchNorm's running statistics a second time."""
+    stats = {}
+    for name in ("fixed", "famo"):
+        torch.manual_seed(0)
+        model = TinyMTL(TASKS)
+        model.backbone[1] = torch.nn.BatchNorm2d(8)
+        bal = build_balancer(name, TASKS)
+        out = train_step(model, make_batch(), bal, _sgd(model), None, tiny_cfg())
+        assert not out["skipped"]
+        stats[name] = [b.clone() for b in model.backbone[1].buffers()]
+    for fixed, famo in zip(stats["fixed"], stats["famo"]):
+        torch.testing.assert_close(famo, fixed, rtol=0, atol=0)

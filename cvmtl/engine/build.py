@@ -66,7 +66,7 @@ def build_run(cfg: Config, resume: Any, distributed: bool, device: torch.device)
             "model.norm=syncbn needs CUDA: torch's SyncBatchNorm does not run on CPU (gloo); "
             "use model.norm=gn (exact under DDP) or bn"
         )
-    ckpt = _read_checkpoint(cfg, resume)
+    ckpt = read_checkpoint(cfg, resume)
     seed_everything(cfg.train.seed)
     loaders = build_loaders(cfg, distributed)
     model = build_model(cfg).to(device)
@@ -124,7 +124,7 @@ def _step_budget(cfg: Config, train_loader: Any) -> tuple[int, int]:
     return steps_per_epoch, cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
 
 
-def _read_checkpoint(cfg: Config, resume: Any) -> dict | None:
+def read_checkpoint(cfg: Config, resume: Any) -> dict | None:
     """The checkpoint to resume from, read by rank 0 and sent to every rank: the nodes of a
     multi-node run need no shared disk for it."""
     if not resume:

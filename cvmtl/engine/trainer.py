@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from cvmtl import distributed as du
 from cvmtl.config import Config
 from cvmtl.engine.buffers import BufferGuard
@@ -217,6 +219,18 @@ def validate(run: Run, epoch: int) -> tuple[dict, bool]:
     return results, is_best
 
 
+def load_best_everywhere(model: nn.Module, best_path: Path) -> bool:
+    """Rank 0 reads ``best_path`` and sends the weights: every rank then holds the same model, and
+    the nodes of a multi-node run need no shared disk. False (model unchanged) without the file
+    on rank 0."""
+    found = du.broadcast_object(du.is_main_process() and best_path.is_file())
+    if found:
+        if du.is_main_process():
+            model.load_state_dict(load_checkpoint(best_path)["model"])
+        broadcast_module(model)
+    return bool(found)
+
+
 def test(run: Run) -> dict | None:
     """Evaluate best.pt (else the final weights) on the test split; log split "test"."""
     from cvmtl.engine.evaluator import evaluate
@@ -225,14 +239,7 @@ def test(run: Run) -> dict | None:
     if loader is None:
         return None
     model = run.eval_model
-    # Rank 0 reads best.pt and sends the weights: every rank tests the same model, and the
-    # nodes of a multi-node run need no shared disk.
-    best_path = run.cfg.run_dir / "best.pt"
-    found = du.broadcast_object(du.is_main_process() and best_path.is_file())
-    if found:
-        if du.is_main_process():
-            model.load_state_dict(load_checkpoint(best_path)["model"])
-        broadcast_module(model)
+    found = load_best_everywhere(model, run.cfg.run_dir / "best.pt")
     which = "best.pt" if found else "final weights"
     with preserved_rng():
         results = evaluate(model, loader, run.cfg.tasks, run.cfg, device=run.device)
