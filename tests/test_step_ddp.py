@@ -208,3 +208,54 @@ def test_nodes_without_a_shared_disk_get_rank0s_best_and_resume_checkpoint(tmp_p
     for rank in range(WORLD):
         r = json.loads((tmp_path / f"node{rank}.json").read_text())
         assert r == {"found": True, "diff": 0.0, "step": 7}, (rank, r)
+
+
+def _cat(batches: list[dict]) -> dict:
+    """One batch of ``batches`` side by side (inverse of split_batch)."""
+    out = {k: torch.cat([b[k] for b in batches]) for k in batches[0] if k != "has"}
+    out["has"] = {t: torch.cat([b["has"][t] for b in batches]) for t in batches[0]["has"]}
+    return out
+
+
+def _accumulate_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """2 ranks x 2 micro-batches (DDP's no_sync between them) = one process, for a loss-level
+    balancer through the DDP wrapper with BatchNorm (4 normalizations either way) and for a
+    gradient balancer (its micro-batch j is both ranks' j-th parts: the Gram is global)."""
+    torch.set_num_threads(1)
+    parts = [split_batch(b, 4, i) for b in _batches() for i in range(4)][:8]
+    mine = [[parts[4 * s + 2 * rank], parts[4 * s + 2 * rank + 1]] for s in range(2)]
+    # one process: the loss step sees 4 micro-batches; the gradient step 2 (ranks side by side)
+    loss_ref = _bn_train(_bn_model(), [parts[4 * s : 4 * s + 4] for s in range(2)], "fixed")
+    pair = [[_cat([parts[4 * s + j], parts[4 * s + 2 + j]]) for j in (0, 1)] for s in (0, 1)]
+    grad_ref = _train_micro(TinyMTL(TASKS), pair)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        loss_got = _bn_train(_ddp(_bn_model()), mine, "fixed")
+        grad_got = _train_micro(TinyMTL(TASKS), mine)
+        report = {
+            "loss": max(float((p - q).abs().max()) for p, q in zip(loss_got, loss_ref)),
+            "grad": float((grad_got - grad_ref).abs().max()),
+        }
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"acc{rank}.json"), "w") as f:
+        json.dump(report, f)
+
+
+def _train_micro(model, steps) -> torch.Tensor:
+    torch.manual_seed(0)
+    model.load_state_dict(TinyMTL(TASKS).state_dict())
+    balancer = build_balancer("mgda", TASKS)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for micro in steps:
+        out = train_step(model, micro, balancer, opt, None, tiny_cfg(grad_source="features"))
+        assert not out["skipped"], out["reason"]
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.distributed
+def test_ddp_accumulation_equals_one_process(tmp_path):
+    mp.spawn(_accumulate_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD)
+    for rank in range(WORLD):
+        r = json.loads((tmp_path / f"acc{rank}.json").read_text())
+        assert r["loss"] < 1e-5 and r["grad"] < 1e-5, (rank, r)
