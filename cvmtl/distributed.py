@@ -63,7 +63,9 @@ def init_distributed(device: str = "auto") -> tuple[bool, torch.device]:
 
 
 def cleanup_distributed() -> None:
+    """Leave the process group once every rank is done with it."""
     if is_dist():
+        dist.barrier()
         dist.destroy_process_group()
 
 

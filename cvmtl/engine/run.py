@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,14 @@ class Run:
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
+
+    def release(self) -> None:
+        """Free the DistributedDataParallel wrapper now, while the process group is alive: its
+        reducer's threads, freed later at interpreter exit after the group is destroyed, can
+        abort the process ("terminate called without an active exception")."""
+        if self.train_model is not self.model:
+            self.train_model = self.model
+            gc.collect()  # the wrapper sits in reference cycles (hooks)
 
     def sync_buffers(self) -> None:
         """Average the BatchNorm statistics over ranks (they drift apart while training, each

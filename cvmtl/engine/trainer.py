@@ -49,6 +49,7 @@ def fit(cfg: Config, *, resume: bool | str | Path | None = None) -> dict[str, An
     finally:
         run.stop.restore()
         run.logger.close()
+        run.release()
 
 
 def _loop(run: Run) -> dict[str, Any]:
