@@ -63,9 +63,9 @@ def init_distributed(device: str = "auto") -> tuple[bool, torch.device]:
 
 
 def cleanup_distributed() -> None:
-    """Leave the process group once every rank is done with it."""
+    # No barrier first: it runs in `finally` blocks too, where a rank that failed would wait
+    # forever for ranks that are waiting for it in a collective.
     if is_dist():
-        dist.barrier()
         dist.destroy_process_group()
 
 
