@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "all_reduce_coalesced",
     "all_reduce_sum",
     "average_buffers",
     "barrier",
@@ -21,6 +22,7 @@ __all__ = [
     "is_dist",
     "is_main_process",
     "sum_allreduce_hook",
+    "unwrap",
 ]
 
 
@@ -89,6 +91,19 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return holder[0]
 
 
+def all_reduce_coalesced(tensors: list[torch.Tensor]) -> None:
+    """SUM-all-reduce ``tensors`` in place with one call per dtype (a no-op without DDP)."""
+    if not is_dist() or not tensors:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = all_reduce_sum(torch.cat([t.reshape(-1) for t in group]))
+        for t, part in zip(group, flat.split([t.numel() for t in group])):
+            t.copy_(part.view_as(t))
+
+
 @torch.no_grad()
 def average_buffers(module: torch.nn.Module) -> None:
     """Replace each floating-point buffer (BatchNorm running statistics) by its mean over ranks,
@@ -97,16 +112,15 @@ def average_buffers(module: torch.nn.Module) -> None:
     if not is_dist():
         return
     buffers = [b for b in module.buffers() if b.is_floating_point()]
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for b in buffers:
-        by_dtype.setdefault(b.dtype, []).append(b)
+    all_reduce_coalesced(buffers)
     world = get_world_size()
-    for group in by_dtype.values():
-        flat = torch.cat([b.reshape(-1) for b in group])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat.div_(world)
-        for b, part in zip(group, flat.split([b.numel() for b in group])):
-            b.copy_(part.view_as(b))
+    for b in buffers:
+        b.div_(world)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def sum_allreduce_hook(state, bucket):

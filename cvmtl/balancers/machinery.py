@@ -43,19 +43,6 @@ def check_balancer(balancer, cfg, distributed: bool | None = None) -> None:
         )
 
 
-def all_reduce_coalesced(tensors: Sequence[torch.Tensor]) -> None:
-    """SUM-all-reduce ``tensors`` in place with one call per dtype (a no-op without DDP)."""
-    if not is_dist() or not tensors:
-        return
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for t in tensors:
-        by_dtype.setdefault(t.dtype, []).append(t)
-    for group in by_dtype.values():
-        flat = all_reduce_sum(torch.cat([t.reshape(-1) for t in group]))
-        for t, part in zip(group, flat.split([t.numel() for t in group])):
-            t.copy_(part.view_as(t))
-
-
 def accumulate_grad(param: nn.Parameter, grad: torch.Tensor | None) -> None:
     if grad is None:
         return
@@ -183,12 +170,6 @@ def combine_features(
         return weights.to(grads.dtype) @ grads
     combined, _ = balancer.combine(grads, losses, active)
     return combined
-
-
-def nonfinite(values: torch.Tensor) -> list[int]:
-    """Indices ``i`` where ``values[i]`` (a vector, or the rows of a matrix) is not finite."""
-    ok = torch.isfinite(values) if values.dim() == 1 else torch.isfinite(values).all(dim=1)
-    return [i for i, good in enumerate(ok.tolist()) if not good]
 
 
 def write_shared_grad(params: Sequence[nn.Parameter], vector: torch.Tensor) -> None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from cvmtl.engine.distributed import is_main_process
+from cvmtl.distributed import is_main_process, unwrap
 from cvmtl.metrics import build_metrics
 from cvmtl.precision import AMP_DTYPES, autocast_context, resolve_precision
 
@@ -60,7 +60,7 @@ def evaluate(
     """
     _check_arguments(loader, collect, samples, amp)
     tasks = list(tasks)
-    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    net = unwrap(model)
     if device is None:
         param = next(net.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cvmtl.balancers import machinery as mach
+from cvmtl.distributed import all_reduce_coalesced
 from cvmtl.engine.stepping import (
     Mark,
     StepInputs,
@@ -93,7 +94,7 @@ def _micro_step(model, inputs: StepInputs, j: int, balancer, cfg, mark: Mark) ->
         row_ok = torch.isfinite(gram.diagonal())
     else:
         active, shared, grads = mach.params_task_grads(model, losses, tasks, inputs.mult)
-        mach.all_reduce_coalesced([grads])
+        all_reduce_coalesced([grads])
         reduced = {id(p) for p in shared}
         row_ok = torch.isfinite(grads).all(dim=1)
     # one host read for the rows and the losses: the balancer must not see NaN

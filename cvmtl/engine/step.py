@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cvmtl.balancers import machinery as mach
+from cvmtl.distributed import unwrap
 from cvmtl.engine.buffers import buffers_kept
 from cvmtl.engine.stepping import (
     Mark,
@@ -33,7 +34,6 @@ from cvmtl.engine.stepping import (
     ddp_sync,
     no_mark,
     prepare_step,
-    unwrap,
     world_share,
 )
 

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cvmtl.balancers import machinery as mach
-from cvmtl.distributed import all_reduce_sum, get_world_size
+from cvmtl.distributed import all_reduce_coalesced, all_reduce_sum, get_world_size, unwrap
 from cvmtl.losses import compute_losses, pixel_counts
 from cvmtl.precision import autocast_context
 
@@ -29,11 +28,6 @@ Mark = Callable[[str], None]
 
 def no_mark(phase: str) -> None:
     """The default phase hook: training does not time its phases."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 @dataclass
@@ -210,7 +204,7 @@ def finish_step(
     if not isinstance(model, DistributedDataParallel):
         # Balancer parameters (UW's s_t) are not in the model: they see the global loss values
         # on every rank, so their gradients are already identical everywhere.
-        mach.all_reduce_coalesced(
+        all_reduce_coalesced(
             [p.grad for p in model.parameters() if p.grad is not None and id(p) not in reduced]
         )
     if use_scaler:
