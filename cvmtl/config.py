@@ -16,10 +16,11 @@ from typing import Any
 import yaml
 
 from cvmtl.config_parse import ConfigError, _merge, parse_override
+from cvmtl.tasks import TASKS, import_task_modules
+from cvmtl.tasks.registry import DEFAULT_TASKS
 
 __all__ = [
     "CHOICES",
-    "KNOWN_TASKS",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -68,6 +69,7 @@ class ModelConfig:
     pretrained: bool = False
     pretrained_file: str | None = None
     init_from: str | None = None
+    arch: str = "fpn"  # fpn | deeplab | mtan | cross_stitch | padnet | mtinet
     sharing: str = "hard"
     soft_weight: float = 1.0e-4
     neck_channels: int = 128
@@ -86,6 +88,8 @@ class LossConfig:
     normal: str = "cosine"
     seg_label_smoothing: float = 0.0
     seg_class_weights: list[float] | None = None
+    edge_pos_weight: float = 0.95  # weight of the (rare) edge pixels in the edge BCE
+    aux_weight: float = 1.0  # deep supervision of padnet / mtinet initial predictions
 
 
 @dataclass
@@ -124,6 +128,7 @@ class EvalConfig:
     max_depth: float = 10.0
     tta: bool = False
     scales: list[float] = field(default_factory=lambda: [1.0])
+    edge_max_dist: float = 0.0075  # edge matching tolerance, a fraction of the image diagonal
 
 
 @dataclass
@@ -137,7 +142,8 @@ class FinetuneConfig:
 @dataclass
 class Config:
     name: str = "synthetic_demo"
-    tasks: list[str] = field(default_factory=lambda: ["seg", "depth", "normal"])
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    task_modules: list[str] = field(default_factory=list)  # user modules that register tasks
     out_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -153,7 +159,8 @@ class Config:
 
 # Keys whose value must be one of a fixed set.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("cvmtl", "nyuv2_npy", "nyud_mt"),
+    "data.format": ("cvmtl", "nyuv2_npy", "nyud_mt", "pascal_mt", "cityscapes_npy", "cityscapes"),
+    "model.arch": ("fpn", "deeplab", "mtan", "cross_stitch", "padnet", "mtinet"),
     "model.sharing": ("hard", "soft"),
     "model.norm": ("bn", "gn", "syncbn"),
     "loss.grad_source": ("features", "params"),
@@ -165,7 +172,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"),
     "finetune.freeze": ("backbone", "neck", "none"),
 }
-KNOWN_TASKS = ("seg", "depth", "normal")
 
 
 def validate(cfg: Config) -> Config:
@@ -183,9 +189,13 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}: expected one of {'|'.join(allowed)}, got {value!r}")
     if not cfg.tasks:
         raise ConfigError("tasks: expected at least one task")
+    try:
+        import_task_modules(cfg.task_modules)  # before the task names are checked
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     for task in list(cfg.tasks) + list(cfg.finetune.tasks):
-        if task not in KNOWN_TASKS:
-            raise ConfigError(f"tasks: unknown task {task!r} (available: {', '.join(KNOWN_TASKS)})")
+        if task not in TASKS:
+            raise ConfigError(f"tasks: unknown task {task!r} (available: {', '.join(TASKS)})")
     if len(set(cfg.tasks)) != len(cfg.tasks):
         raise ConfigError(f"tasks: duplicate task in {cfg.tasks}")
     checks = [

@@ -2,16 +2,15 @@
 
 from cvmtl.models.backbone import TimmBackbone
 from cvmtl.models.build import build_model, load_matching
-from cvmtl.models.heads import DepthHead, NormalHead, SegHead, build_head
+from cvmtl.models.heads import DenseHead, TaskHead, build_head
 from cvmtl.models.multitask import MultiTaskModel, SoftSharingModel
 from cvmtl.models.neck import FPN
 
 __all__ = [
     "FPN",
-    "DepthHead",
+    "DenseHead",
     "MultiTaskModel",
-    "NormalHead",
-    "SegHead",
+    "TaskHead",
     "SoftSharingModel",
     "TimmBackbone",
     "build_head",

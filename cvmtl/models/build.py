@@ -47,9 +47,7 @@ def build_branch(
     )
     neck = FPN(backbone.channels, backbone.strides, m.neck_channels, m.norm)
     heads = {
-        t: build_head(
-            t, m.neck_channels, cfg.data.num_classes, m.head_channels, m.norm, m.max_depth
-        )
+        t: build_head(t, m.neck_channels, cfg.data.num_classes, m.head_channels, m.norm, m)
         for t in tasks
     }
     model = MultiTaskModel(backbone, neck, heads, cfg.data.num_classes)

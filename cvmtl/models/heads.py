@@ -13,12 +13,14 @@ autocast dtype (an argmax / cross-entropy input).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cvmtl.models.neck import OUT_STRIDE, conv_norm_act
-from cvmtl.tasks import get_task
+from cvmtl.tasks import TaskSpec, get_task
 
 
 class DenseHead(nn.Module):
@@ -60,36 +62,19 @@ def crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[:, :, : size[0], : size[1]]
 
 
-class SegHead(DenseHead):
-    """Class logits [B, C, H, W]."""
-
-
-class DepthHead(DenseHead):
-    """Metric depth in metres [B, 1, H, W], in (0, max_depth) via ``max_depth * sigmoid``."""
-
-    fp32_pred = True
+class TaskHead(DenseHead):
+    """A task's head: its spec gives the output channels and the output map."""
 
     def __init__(
-        self, in_channels: int, hidden: int = 64, norm: str = "bn", max_depth: float = 10.0
-    ):
-        super().__init__(in_channels, 1, hidden, norm)
-        self.max_depth = float(max_depth)
+        self, spec: TaskSpec, in_channels: int, out_channels: int, hidden: int, norm: str,
+        model_cfg: Any = None,
+    ) -> None:  # fmt: skip
+        super().__init__(in_channels, out_channels, hidden, norm)
+        self.spec, self.model_cfg = spec, model_cfg
+        self.fp32_pred = spec.fp32_head
 
     def activate(self, x: torch.Tensor) -> torch.Tensor:
-        # float32 sigmoid stays > 0 down to logits of about -87; clamp keeps it strictly positive
-        return (self.max_depth * torch.sigmoid(x)).clamp_min(1e-6)
-
-
-class NormalHead(DenseHead):
-    """Unit surface normals [B, 3, H, W]; normalized after upsampling so every pixel is unit."""
-
-    fp32_pred = True
-
-    def __init__(self, in_channels: int, hidden: int = 64, norm: str = "bn"):
-        super().__init__(in_channels, 3, hidden, norm)
-
-    def activate(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1, eps=1e-6)
+        return self.spec.activate(x, self.model_cfg)
 
 
 def build_head(
@@ -98,14 +83,8 @@ def build_head(
     num_classes: int,
     hidden: int = 64,
     norm: str = "bn",
-    max_depth: float = 10.0,
+    model_cfg: Any = None,
 ) -> DenseHead:
     """The head of ``task`` (an unknown task is a ValueError listing the known ones)."""
     spec = get_task(task)
-    if task == "seg":
-        return SegHead(in_channels, spec.out_channels(num_classes), hidden, norm)
-    if task == "depth":
-        return DepthHead(in_channels, hidden, norm, max_depth)
-    if task == "normal":
-        return NormalHead(in_channels, hidden, norm)
-    raise ValueError(f"task {task!r} has no head (heads exist for seg, depth, normal)")
+    return TaskHead(spec, in_channels, spec.out_channels(num_classes), hidden, norm, model_cfg)

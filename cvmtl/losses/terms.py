@@ -1,0 +1,121 @@
+"""Per-pixel loss terms of the built-in tasks (leaf functions; :mod:`cvmtl.losses` reduces them).
+
+Each returns ``(terms, weights)``: the task's loss is ``sum(terms) / sum(weights)`` over the
+(global) batch. Invalid pixels have zero terms and zero weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from cvmtl.distributed import is_dist
+
+IGNORE_INDEX = 255
+SILOG_LAMBDA = 0.85
+BERHU_FRACTION = 0.2
+_EPS = 1e-6
+
+
+def labeled_mask(batch: dict, task: str, n: int, device: torch.device) -> torch.Tensor:
+    has = batch.get("has", {}).get(task) if isinstance(batch.get("has"), dict) else None
+    if has is None:
+        return torch.ones(n, dtype=torch.bool, device=device)
+    return torch.as_tensor(has, device=device).bool().view(n)
+
+
+def seg_terms(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    labeled: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel cross-entropy ``[B,H,W]`` (already times ``w[target]``) and its denominators.
+
+    The denominators are the validity mask, or ``w[target]`` with class weights, so that the sum
+    of the terms over the sum of the denominators is ``F.cross_entropy``'s weighted mean.
+    """
+    valid = seg_valid(target, labeled)
+    safe = torch.where(valid, target, torch.zeros_like(target)).long()
+    loss = F.cross_entropy(
+        logits.float(),
+        safe,
+        weight=class_weights,
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    denom = valid.float() if class_weights is None else class_weights[safe] * valid
+    return torch.where(valid, loss, torch.zeros_like(loss)), denom
+
+
+def seg_valid(target: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:
+    return (target != IGNORE_INDEX) & labeled.view(-1, 1, 1)
+
+
+def depth_valid(target: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:
+    return (target > 0) & labeled.view(-1, 1, 1, 1)
+
+
+def normal_valid(target: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:
+    return (target != 0).any(dim=1) & labeled.view(-1, 1, 1)
+
+
+def depth_terms(
+    pred: torch.Tensor, target: torch.Tensor, labeled: torch.Tensor, kind: str = "l1"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel depth loss ``[B,1,H,W]`` (``l1``, ``log_l1``, ``berhu``) and validity mask.
+
+    ``silog`` is not a pixel mean; see :func:`silog_sums`.
+    """
+    valid = depth_valid(target, labeled)
+    pred = pred.float()
+    target = target.float()
+    if kind == "l1":
+        loss = (pred - target).abs()
+    elif kind == "log_l1":
+        loss = (safe_log(pred, valid) - safe_log(target, valid)).abs()
+    elif kind == "berhu":
+        diff = (pred - target).abs()
+        masked = torch.where(valid, diff.detach(), torch.zeros_like(diff))
+        c = masked.amax() if masked.numel() else masked.new_zeros(())
+        if is_dist():  # the threshold is a function of the global batch
+            dist.all_reduce(c, op=dist.ReduceOp.MAX)
+        c = (BERHU_FRACTION * c).clamp_min(_EPS)
+        loss = torch.where(diff <= c, diff, (diff * diff + c * c) / (2 * c))
+    else:
+        raise ValueError(f"unknown depth loss {kind!r} (available: l1, silog, berhu, log_l1)")
+    return torch.where(valid, loss, torch.zeros_like(loss)), valid.float()
+
+
+def safe_log(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    # Invalid pixels get log(1) = 0 so that neither the value nor the gradient turns into NaN.
+    return torch.where(valid, x, torch.ones_like(x)).clamp_min(_EPS).log()
+
+
+def normal_terms(
+    pred: torch.Tensor, target: torch.Tensor, labeled: torch.Tensor, kind: str = "cosine"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel normal loss ``[B,H,W]`` (``cosine``: 1 - cos, ``l1``) and validity mask."""
+    target = target.float()
+    valid = normal_valid(target, labeled)
+    unit = F.normalize(pred.float(), dim=1, eps=_EPS)
+    if kind == "cosine":
+        loss = 1.0 - (unit * target).sum(dim=1)
+    elif kind == "l1":
+        loss = (unit - target).abs().sum(dim=1)
+    else:
+        raise ValueError(f"unknown normal loss {kind!r} (available: cosine, l1)")
+    return torch.where(valid, loss, torch.zeros_like(loss)), valid.float()
+
+
+def class_weights(cfg, device: torch.device) -> torch.Tensor | None:
+    weights = cfg.loss.seg_class_weights
+    if not weights:
+        return None
+    if len(weights) != cfg.data.num_classes:
+        raise ValueError(
+            f"loss.seg_class_weights has {len(weights)} values for {cfg.data.num_classes} classes"
+        )
+    return torch.tensor(weights, dtype=torch.float32, device=device)

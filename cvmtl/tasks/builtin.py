@@ -1,0 +1,7 @@
+"""Registers the built-in tasks, one module each, in the order reports list them."""
+
+# isort: off
+import cvmtl.tasks.seg  # noqa: F401
+import cvmtl.tasks.depth  # noqa: F401
+import cvmtl.tasks.normal  # noqa: F401
+# isort: on
