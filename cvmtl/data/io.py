@@ -1,14 +1,15 @@
 """Readers and writers of the ``cvmtl`` on-disk encoding (PNG files, split lists, dataset.yaml).
 
-Encoding (see data/README.md): images 8-bit RGB PNG/JPEG; segmentation 8-bit PNG, 255 = ignore; depth
-16-bit PNG in ``depth_scale`` units per metre (default 1000 = millimetres), 0 = invalid; normals
-16-bit RGB PNG, value = (n + 1) / 2 * 65535 per axis, all-zero = invalid.
+Encoding (see data/README.md): images 8-bit RGB PNG/JPEG; segmentation 8-bit PNG, 255 = ignore;
+depth 16-bit PNG in ``depth_scale`` units per metre (default 1000 = millimetres), 0 = invalid;
+normals 16-bit RGB PNG, value = (n + 1) / 2 * 65535 per axis, all-zero = invalid; binary maps
+(edges, saliency masks) 8-bit PNG of 0 and 255 (read as > 127 = 1).
 cv2 stores colour as BGR: every function here takes and returns RGB.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -174,6 +175,14 @@ def write_normal_png(path: Path | str, normal: np.ndarray) -> None:
     _write_png(Path(path), cv2.cvtColor(encode_normals(normal), cv2.COLOR_RGB2BGR))
 
 
+def write_mask_png(path: Path | str, mask: np.ndarray) -> None:
+    """Write a binary map (HxW, nonzero / True = 1) as an 8-bit PNG of 0 and 255."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"binary map must be HxW, got shape {mask.shape}")
+    _write_png(Path(path), np.where(mask != 0, 255, 0).astype(np.uint8))
+
+
 def write_cvmtl_sample(
     root: Path | str,
     sample_id: str,
@@ -182,14 +191,21 @@ def write_cvmtl_sample(
     depth: np.ndarray | None = None,
     normal: np.ndarray | None = None,
     depth_scale: float = DEPTH_SCALE,
+    masks: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    """Write one sample in the ``cvmtl`` layout; a ``None`` target is simply not written."""
+    """Write one sample in the ``cvmtl`` layout; a ``None`` target is simply not written.
+
+    ``masks`` maps a folder name to a binary map, written 0 / 255 at ``root/{name}/{id}.png``.
+    """
     root = Path(root)
     write_image_png(root / "images" / f"{sample_id}.png", image)
     shape = image.shape[:2]
-    for name, target in (("seg", seg), ("depth", depth), ("normal", normal)):
+    masks = dict(masks or {})
+    for name, target in (("seg", seg), ("depth", depth), ("normal", normal), *masks.items()):
         if target is not None and tuple(np.shape(target)[:2]) != shape:
             raise ValueError(f"{name} of {sample_id!r} has shape {np.shape(target)}, image {shape}")
+    for name, mask in masks.items():
+        write_mask_png(root / name / f"{sample_id}.png", mask)
     if seg is not None:
         write_seg_png(root / "segmentation" / f"{sample_id}.png", seg)
     if depth is not None:
