@@ -1,10 +1,11 @@
 """Export a cvmtl checkpoint to ONNX, torch.export (.pt2) or TorchScript, verified against PyTorch.
 
 The exported graph takes ``image`` float32 [B, 3, H, W], normalized with the checkpoint's
-``data.mean`` / ``data.std`` (as ``model(image)`` does), and returns ``seg`` (logits [B, C, H, W]),
-``depth`` (metres [B, 1, H, W]) and ``normal`` (unit [B, 3, H, W]) for the model's tasks, in that
-order. Batch, height and width are dynamic where the backbone allows (CNNs do); any H, W works
-because the graph pads to the backbone's stride multiple and crops back, as the model does.
+``data.mean`` / ``data.std`` (as ``model(image)`` does), and returns the model's output of every
+task (the config's task list, in its order; ONNX outputs are named after the tasks), e.g. ``seg``
+logits [B, C, H, W], ``depth`` metres [B, 1, H, W], ``normal`` unit vectors [B, 3, H, W].
+Batch, height and width are dynamic where the backbone allows (CNNs do); any H, W works because
+the graph pads to the backbone's stride multiple and crops back, as the model does.
 
 The model is exported as it is: its forward has no Python branch on sizes and no ``int()`` of a
 size (see :mod:`cvmtl.models`), which a tracer would freeze to the example's size.
@@ -22,18 +23,17 @@ from torch import nn
 
 FORMATS = ("onnx", "export", "torchscript")
 SUFFIX = {"onnx": ".onnx", "export": ".pt2", "torchscript": ".ts"}
-TASK_ORDER = ("seg", "depth", "normal")
 ONNX_HINT = "onnxruntime is missing: pip install cvmtl[export]  (or: pip install onnx onnxruntime)"
 
 
 class ExportModule(nn.Module):
-    """``image -> (seg, depth, normal)`` (the model's tasks in that order): the model itself,
-    whose forward is trace-friendly, with its dict output turned into a tuple."""
+    """``image -> (output of each task)`` (the model's tasks, in the config's order): the model
+    itself, whose forward is trace-friendly, with its dict output turned into a tuple."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model.eval()
-        self.tasks = [t for t in TASK_ORDER if t in model.tasks]
+        self.tasks: list[str] = list(model.tasks)
         self.eval()  # a fresh wrapper starts in training mode
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -147,7 +147,9 @@ def verify_export(
         with torch.no_grad():
             ref = model(x)
         got = run(x.numpy())
-        tasks = [t for t in TASK_ORDER if t in ref]
+        tasks = list(model.tasks)
+        if len(got) != len(tasks):
+            raise ValueError(f"{fmt} export: {len(got)} outputs for the tasks {tasks}")
         diffs = {}
         for task, arr in zip(tasks, got):
             want = ref[task].float().numpy()

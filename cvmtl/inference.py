@@ -1,10 +1,11 @@
 """Folder / glob / recursive inference with a :class:`~cvmtl.predictor.Predictor` and the writers
 of its results (the ``cvmtl`` disk encoding plus colour previews).
 
-Per image ``{stem}``: ``_seg.png`` (8-bit class indices; 16-bit above 255 classes),
-``_seg_color.png``, ``_depth.png`` (16-bit millimetres, 0 = invalid), ``_depth_color.png``,
-``_normal.png`` (16-bit RGB, (n + 1) / 2 * 65535), ``_normal_color.png`` and optionally
-``{stem}.npz`` (the float arrays). Images of equal size run in one batch; an unreadable file is
+Per image ``{stem}`` and task: the files of the task's ``TaskSpec.encode``,
+``{stem}_{task}{suffix}.png``; for the built-in tasks ``_seg.png`` (8-bit class indices; 16-bit
+above 255 classes), ``_seg_color.png``, ``_depth.png`` (16-bit millimetres, 0 = invalid),
+``_depth_color.png``, ``_normal.png`` (16-bit RGB, (n + 1) / 2 * 65535), ``_normal_color.png``;
+optionally ``{stem}.npz`` (the arrays). Images of equal size run in one batch; an unreadable file is
 reported, skipped and counted.
 """
 
@@ -78,26 +79,27 @@ def output_stems(items: list[tuple[Path, Path]]) -> list[Path]:
 
 
 def write_prediction(
-    pred: dict[str, np.ndarray], prefix: Path, palette: list[list[int]], npz: bool = False
+    pred: dict[str, np.ndarray],
+    prefix: Path,
+    palette: list[list[int]],
+    npz: bool = False,
+    classes: list[str] | None = None,
 ) -> list[Path]:
-    """Write ``pred`` (a :meth:`Predictor.predict` result) as ``{prefix}_{task}[_color].png``."""
+    """Write ``pred`` (a :meth:`Predictor.predict` result) as ``{prefix}_{task}{suffix}.png``,
+    one file per entry of the task's ``spec.encode(prediction, info)``. ``info`` holds the
+    dataset's ``palette`` and ``classes`` (a task with its own classes uses its own)."""
     import cv2
 
-    from cvmtl.data.io import encode_depth, encode_normals
-    from cvmtl.vis.colorize import colorize_depth, colorize_normal, colorize_seg
+    from cvmtl.tasks import get_task
+    from cvmtl.vis.task_view import task_info
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    names = list(classes) if classes is not None else [f"class {i}" for i in range(len(palette))]
     files: dict[str, np.ndarray] = {}
-    if "seg" in pred:
-        seg = pred["seg"]
-        files["seg"] = seg.astype(np.uint8 if len(palette) <= 255 else np.uint16)
-        files["seg_color"] = colorize_seg(seg, palette)
-    if "depth" in pred:
-        files["depth"] = encode_depth(pred["depth"])
-        files["depth_color"] = colorize_depth(pred["depth"])
-    if "normal" in pred:
-        files["normal"] = encode_normals(pred["normal"])
-        files["normal_color"] = colorize_normal(pred["normal"])
+    for task, value in pred.items():
+        spec = get_task(task)
+        for suffix, array in spec.encode(value, task_info(spec, names, palette)).items():
+            files[f"{task}{suffix}"] = array
     written = []
     for name, array in files.items():
         path = prefix.with_name(f"{prefix.name}_{name}.png")
@@ -174,7 +176,9 @@ def run_inference(
                 continue
             for (i, _), pred in zip(batch, preds):
                 try:
-                    write_prediction(pred, out_dir / prefixes[i], predictor.palette, npz)
+                    write_prediction(
+                        pred, out_dir / prefixes[i], predictor.palette, npz, predictor.classes
+                    )
                     result.ok += 1
                 except OSError as err:
                     result.failed.append((items[i][0], str(err)))

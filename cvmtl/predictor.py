@@ -2,13 +2,17 @@
 
     from cvmtl import Predictor
     p = Predictor.from_checkpoint("runs/synthetic_demo/best.pt")
-    out = p.predict("photo.jpg")   # {"seg": int64 HxW, "depth": float32 HxW m, "normal": HxWx3}
+    out = p.predict("photo.jpg")   # {task: numpy array at the photo's size}
+
+Each task's result is its ``TaskSpec.predict`` as numpy: class ids (int64 HxW) for class maps,
+a probability map (float32 HxW) for binary maps, the value per pixel (float32 HxW, e.g. metres)
+for scalar maps and HxWxC vectors (float32, unit length where the label is) for vector maps.
 
 Resizing (``max_size``): an image whose longer side exceeds ``max_size`` is resized by
 ``s = max_size / max(H, W)`` for the forward pass and the outputs are resized back. Per the
 sample contract (docs/architecture.md) a model sees depth / s in an image resized by s, so the
-depth predicted on the small image is multiplied by s on the way back (the evaluator's rule);
-normals are renormalized.
+depth predicted on the small image is multiplied by s on the way back (the evaluator's rule, by
+the label kind's ``scale_power``); unit vectors are renormalized.
 
 Precision (``amp``): default the checkpoint's ``train.amp``; ``auto`` (there or here) resolves for
 this device through :mod:`cvmtl.precision` (bf16 only where the hardware has it), as does
@@ -32,6 +36,7 @@ from torch import nn
 from cvmtl.config import Config, to_dict
 from cvmtl.engine.restore import load_model  # public here too
 from cvmtl.precision import AMP_CHOICES, autocast_context, resolve_device, resolve_precision
+from cvmtl.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,12 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
         return a.astype(np.uint8)
     a = np.nan_to_num(a.astype(np.float32))
     return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    """A batch of per-image predictions as numpy: floats as float32, integers as int64."""
+    x = x.detach().cpu()
+    return (x.float() if x.is_floating_point() else x.long()).numpy()
 
 
 def class_info(cfg: Config) -> tuple[list[str], list[list[int]]]:
@@ -148,8 +159,8 @@ class Predictor:
         return to_dict(self.cfg)
 
     def predict(self, image: ImageLike) -> dict[str, np.ndarray]:
-        """``{task: array}`` at the image's exact size: seg int64 HxW class indices, depth
-        float32 HxW metres, normal float32 HxWx3 unit vectors. ``image``: a path or an array
+        """``{task: array}`` at the image's exact size (see the module docstring: class ids,
+        probabilities, values or vectors per pixel). ``image``: a path or an array
         (HxW grey, HxWx3 RGB, HxWx4 RGBA; uint8, uint16 or float in [0, 1])."""
         return self.predict_batch([image])[0]
 
@@ -172,18 +183,8 @@ class Predictor:
     def predict_arrays(self, batch: np.ndarray) -> list[dict[str, np.ndarray]]:
         """RGB uint8 [B, H, W, 3] of one size -> one result dict per image."""
         preds = self.predict_tensor(self.preprocess(batch))
-        results = []
-        for i in range(batch.shape[0]):
-            r = {}
-            for task, p in preds.items():
-                if task == "seg":
-                    r[task] = p[i].argmax(0).cpu().numpy().astype(np.int64)
-                elif task == "depth":
-                    r[task] = p[i, 0].float().cpu().numpy()
-                else:
-                    r[task] = p[i].float().permute(1, 2, 0).cpu().numpy()
-            results.append(r)
-        return results
+        arrays = {task: _numpy(get_task(task).predict(p)) for task, p in preds.items()}
+        return [{task: a[i] for task, a in arrays.items()} for i in range(batch.shape[0])]
 
     def preprocess(self, batch: np.ndarray) -> torch.Tensor:
         """RGB uint8 [B, H, W, 3] -> normalized float32 [B, 3, H, W] on the device."""
@@ -193,8 +194,9 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_tensor(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalized [B, 3, H, W] -> seg logits [B,C,H,W], depth [B,1,H,W] m, normal [B,3,H,W]
-        at (H, W), resized for the forward pass when ``max_size`` asks for it."""
+        """Normalized [B, 3, H, W] -> ``{task: model output at (H, W)}`` (logits or probabilities
+        of class / binary maps, values, unit vectors renormalized), resized for the forward pass
+        when ``max_size`` asks for it."""
         from cvmtl.engine.evaluator import predict
 
         size = tuple(image.shape[-2:])
@@ -206,6 +208,7 @@ class Predictor:
         with autocast_context(self.amp, self.device):
             # evaluator.predict resizes back to ``size`` and multiplies depth by the scale
             out = predict(self.model, x, size, self.tasks, self.cfg, self.cfg.data.num_classes)
-        if "normal" in out:
-            out["normal"] = F.normalize(out["normal"].float(), dim=1)
+        for task in out:
+            if get_task(task).label.unit_vector:
+                out[task] = F.normalize(out[task].float(), dim=1)
         return out

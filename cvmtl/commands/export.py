@@ -4,7 +4,8 @@
     python tools/export.py --checkpoint CKPT --format export --out m.pt2 --height 240 --width 320
 
 Input ``image`` float32 [B, 3, H, W] normalized with the run's data.mean / data.std; outputs
-``seg`` (logits), ``depth`` (metres), ``normal`` (unit vectors). Batch, height and width are
+one per task of the run, in the config's order (e.g. seg logits, depth metres, normal unit
+vectors). Batch, height and width are
 dynamic unless --static. The export is checked on random inputs at --height x --width (default:
 the training crop) and at a second size; the max abs difference per output is printed and the
 exit code is 1 when one exceeds --atol.

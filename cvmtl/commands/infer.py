@@ -1,10 +1,11 @@
-"""Predict segmentation, depth and normals for images, a folder or a glob.
+"""Predict the run's tasks (segmentation, depth, normals, ...) for images, a folder or a glob.
 
     python tools/infer.py --checkpoint runs/<name>/best.pt --input photos/ --out preds/
     python tools/infer.py --checkpoint CKPT --input "shots/**/*.jpg" --recursive --out preds/
 
-Writes per image {stem}_seg.png (8-bit classes), {stem}_depth.png (16-bit mm), {stem}_normal.png
-(16-bit (n+1)/2*65535), their *_color.png previews and with --npz {stem}.npz, at the input's
+Writes per image and task the files of the task's encoder, {stem}_{task}{suffix}.png: e.g.
+{stem}_seg.png (8-bit classes), {stem}_depth.png (16-bit mm), {stem}_normal.png (16-bit
+(n+1)/2*65535), their *_color.png previews; with --npz {stem}.npz, all at the input's
 exact size; with --recursive the output mirrors the input tree. Unreadable files are reported
 and skipped; the exit code is 1 if any image failed.
 """

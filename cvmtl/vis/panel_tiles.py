@@ -1,8 +1,9 @@
 """The ground truth | prediction | error tiles of one task in a sample panel.
 
-:mod:`cvmtl.vis.panels` lays the rows out; here each task draws its own tiles and colorbars.
-``depth_range`` is the colour scale that depth ground truth and prediction share (the contact
-sheet uses it too).
+:mod:`cvmtl.vis.panels` lays the rows out; here each view kind (:func:`cvmtl.vis.task_view.
+view_kind`) draws its tiles and colorbars: class maps (palette colours, right / wrong map),
+binary probability maps (grey, |error|), scalar maps (one colour range for ground truth and
+prediction, |error|) and vector maps (the task's colours, angle or length of the error).
 """
 
 from __future__ import annotations
@@ -11,29 +12,41 @@ from typing import Any
 
 import numpy as np
 
-from cvmtl.vis.colorize import _np, angle_error_deg, colorize_normal, colorize_seg
+from cvmtl.tasks import TaskSpec
+from cvmtl.tasks.spec import Info
+from cvmtl.vis.colorize import angle_error_deg, colorize_seg
+from cvmtl.vis.task_view import (
+    BINARY_MAP,
+    CLASS_MAP,
+    SCALAR_MAP,
+    UNKNOWN_RGB,
+    as_map,
+    as_vectors,
+    known_mask,
+    scalar_range,
+    view_kind,
+    with_unit,
+)
 
 NORMAL_ERR_MAX = 45.0  # degrees at the top of the angle-error colour scale
+UNKNOWN = tuple(c / 255 for c in UNKNOWN_RGB)  # binary ground truth without a label
 
 
-def _hw(x: Any) -> np.ndarray:
-    """A depth map [1,H,W] or [H,W] (tensor or array) as float32 [H,W]."""
-    a = _np(x).astype(np.float32)
-    return a[0] if a.ndim == 3 else a
-
-
-def depth_range(sample: dict[str, Any]) -> tuple[float, float]:
-    """Colour range shared by ground truth and prediction: the 1st..99th percentile of both."""
-    vals = [_hw(sample["pred"]["depth"]).ravel()]
-    if sample.get("has", {}).get("depth", True):
-        gt = _hw(sample["target"]["depth"])
-        vals.append(gt[gt > 0])
-    v = np.concatenate(vals)
-    v = v[np.isfinite(v) & (v > 0)]
-    if v.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(v, [1, 99])
-    return float(lo), float(max(hi, lo + 1e-3))
+def task_tiles(
+    fig: Any, axes: np.ndarray, caxes: np.ndarray, spec: TaskSpec, gt: Any, pred: Any,
+    info: Info, labeled: bool,
+) -> set[int]:  # fmt: skip
+    """Draw one task's tiles by its view kind; returns the class ids a class map shows."""
+    kind = view_kind(spec)
+    if kind == CLASS_MAP:
+        return seg_tiles(axes, gt, pred, info["palette"], labeled)
+    if kind == BINARY_MAP:
+        binary_tiles(fig, axes, caxes, gt, pred, labeled)
+    elif kind == SCALAR_MAP:
+        scalar_tiles(fig, axes, caxes, spec, gt if labeled else None, pred)
+    else:
+        vector_tiles(fig, axes, caxes, spec, gt, pred, info, labeled)
+    return set()
 
 
 def seg_tiles(
@@ -41,7 +54,7 @@ def seg_tiles(
 ) -> set[int]:
     """Label colours; the error tile is grey where right, red where wrong, black where ignored."""
     gt_ax, pred_ax, err_ax = axes
-    g, p = _np(gt).astype(np.int64), _np(pred).astype(np.int64)
+    g, p = as_map(gt).astype(np.int64), as_map(pred).astype(np.int64)
     present = set(np.unique(p).tolist()) | set(np.unique(g[g != 255]).tolist())
     pred_ax.imshow(colorize_seg(p, palette))
     if labeled:
@@ -54,35 +67,69 @@ def seg_tiles(
     return present
 
 
-def depth_tiles(
-    fig: Any, axes: np.ndarray, caxes: np.ndarray, sample: dict[str, Any], labeled: bool
-) -> None:
-    """GT and prediction on one colour scale (see depth_range); |error| where GT is valid."""
-    gt_ax, pred_ax, err_ax = axes
-    lo, hi = depth_range(sample)
-    p = _hw(sample["pred"]["depth"])
-    im = pred_ax.imshow(np.ma.masked_less_equal(p, 0), cmap=_cmap("turbo"), vmin=lo, vmax=hi)
-    if labeled:
-        g = _hw(sample["target"]["depth"])
-        gt_ax.imshow(np.ma.masked_less_equal(g, 0), cmap=_cmap("turbo"), vmin=lo, vmax=hi)
-        e = np.ma.masked_where(g <= 0, np.abs(p - g))
-        eim = err_ax.imshow(e, cmap=_cmap("magma"), vmin=0.0)
-        _colorbar(fig, eim, caxes[1], "|error| [m]")
-    _colorbar(fig, im, caxes[0], "depth [m]")
-
-
-def normal_tiles(
+def binary_tiles(
     fig: Any, axes: np.ndarray, caxes: np.ndarray, gt: Any, pred: Any, labeled: bool
 ) -> None:
-    """Normals as RGB; the error tile is the angle between them, capped at NORMAL_ERR_MAX."""
+    """Probabilities in grey (black 0, white 1); the error is |probability - label|."""
     gt_ax, pred_ax, err_ax = axes
-    pred_ax.imshow(colorize_normal(pred))
+    p = as_map(pred).astype(np.float32)
+    im = pred_ax.imshow(p, cmap=_cmap("gray", UNKNOWN), vmin=0.0, vmax=1.0)
     if labeled:
-        gt_ax.imshow(colorize_normal(gt))
-        ang, valid = angle_error_deg(pred, gt)
-        a = np.ma.masked_where(~valid, ang)
-        eim = err_ax.imshow(a, cmap=_cmap("magma"), vmin=0.0, vmax=NORMAL_ERR_MAX)
+        g = as_map(gt).astype(np.int64)
+        unknown = (g != 0) & (g != 1)
+        gt_ax.imshow(np.ma.masked_where(unknown, g), cmap=_cmap("gray", UNKNOWN), vmin=0,
+                     vmax=1)  # fmt: skip
+        gt_ax.set_xlabel("blue: unknown", fontsize=8)
+        e = np.ma.masked_where(unknown, np.abs(p - g))
+        eim = err_ax.imshow(e, cmap=_cmap("magma"), vmin=0.0, vmax=1.0)
+        _colorbar(fig, eim, caxes[1], "|error|")
+    _colorbar(fig, im, caxes[0], "probability")
+
+
+def scalar_tiles(
+    fig: Any, axes: np.ndarray, caxes: np.ndarray, spec: TaskSpec, gt: Any | None, pred: Any
+) -> None:
+    """GT and prediction on one colour scale (see scalar_range); |error| where GT is labelled.
+    ``gt`` None: no label."""
+    gt_ax, pred_ax, err_ax = axes
+    lo, hi = scalar_range(spec, pred, gt)
+    p = as_map(pred).astype(np.float32)
+    shown = ~np.isfinite(p) | ((p <= 0) if spec.label.scale_power != 0 else False)
+    im = pred_ax.imshow(np.ma.masked_where(shown, p), cmap=_cmap("turbo"), vmin=lo, vmax=hi)
+    if gt is not None:
+        g = as_map(gt).astype(np.float32)
+        known = known_mask(spec, g)
+        gt_ax.imshow(np.ma.masked_where(~known, g), cmap=_cmap("turbo"), vmin=lo, vmax=hi)
+        e = np.ma.masked_where(~known, np.abs(p - g))
+        eim = err_ax.imshow(e, cmap=_cmap("magma"), vmin=0.0)
+        _colorbar(fig, eim, caxes[1], with_unit("|error|", spec))
+    _colorbar(fig, im, caxes[0], with_unit(spec.title or spec.name, spec))
+
+
+def vector_tiles(
+    fig: Any, axes: np.ndarray, caxes: np.ndarray, spec: TaskSpec, gt: Any, pred: Any,
+    info: Info, labeled: bool,
+) -> None:  # fmt: skip
+    """The task's colours; the error tile is the angle between unit vectors (capped at
+    NORMAL_ERR_MAX), or the length of the difference of other vectors."""
+    gt_ax, pred_ax, err_ax = axes
+    c = spec.label.channels
+    p = as_vectors(pred, c)
+    pred_ax.imshow(spec.colorize(p, info))
+    if not labeled:
+        return
+    g = as_vectors(gt, c)
+    gt_ax.imshow(spec.colorize(g, info))
+    if spec.label.unit_vector and c == 3:
+        ang, valid = angle_error_deg(p, g)
+        eim = err_ax.imshow(np.ma.masked_where(~valid, ang), cmap=_cmap("magma"), vmin=0.0,
+                            vmax=NORMAL_ERR_MAX)  # fmt: skip
         _colorbar(fig, eim, caxes[1], "angle error [°]", extend="max")
+    else:
+        err = np.linalg.norm(p - g, axis=2)
+        eim = err_ax.imshow(np.ma.masked_where(~known_mask(spec, g), err), cmap=_cmap("magma"),
+                            vmin=0.0)  # fmt: skip
+        _colorbar(fig, eim, caxes[1], with_unit("|error|", spec))
 
 
 def _colorbar(fig: Any, mappable: Any, cax: Any, label: str, extend: str = "neither") -> None:
@@ -93,8 +140,8 @@ def _colorbar(fig: Any, mappable: Any, cax: Any, label: str, extend: str = "neit
     bar.ax.tick_params(labelsize=8)
 
 
-def _cmap(name: str):
+def _cmap(name: str, bad: Any = "black"):
     import matplotlib
 
     # invalid pixels (masked) black, as in colorize.py
-    return matplotlib.colormaps[name].with_extremes(bad="black")
+    return matplotlib.colormaps[name].with_extremes(bad=bad)

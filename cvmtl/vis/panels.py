@@ -1,9 +1,10 @@
 """Per-sample panels (image | ground truth, prediction, error per task) and a contact sheet.
 
 Samples are the dicts :func:`cvmtl.engine.evaluator.evaluate` collects (``collect=N``): CPU
-tensors ``image`` [3,H,W] normalized, ``target`` / ``pred`` {task: seg [H,W] labels, depth
-[1,H,W] metres, normal [3,H,W]}, ``has`` {task: bool}, ``meta`` {id, ...}. Figures use
-matplotlib's Agg backend (no display needed).
+tensors ``image`` [3,H,W] normalized, ``target`` / ``pred`` {task: map}, ``has`` {task: bool},
+``meta`` {id, ...}. Each task's row is drawn by its view kind (:mod:`cvmtl.vis.task_view`:
+class map, binary probability map, scalar map, vector map), so a registered task of any of
+these label kinds gets its tiles. Figures use matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -13,10 +14,22 @@ from typing import Any
 
 import numpy as np
 
-from cvmtl.vis.colorize import _np, angle_error_deg, colorize_depth, colorize_normal, colorize_seg
-from cvmtl.vis.panel_tiles import _hw, depth_range, depth_tiles, normal_tiles, seg_tiles
+from cvmtl.tasks import get_task
+from cvmtl.vis.colorize import _np
+from cvmtl.vis.panel_tiles import task_tiles
+from cvmtl.vis.task_view import (
+    CLASS_MAP,
+    colour_pair,
+    ordered_tasks,
+    stat_line,
+    task_info,
+    view_kind,
+)
 
-TITLES = {"seg": "segmentation", "depth": "depth", "normal": "surface normals"}
+
+def task_title(task: str) -> str:
+    """A task's display name (``spec.title``, else its name)."""
+    return get_task(task).title or task
 
 
 def _plt():
@@ -35,22 +48,15 @@ def denormalize(image: Any, mean: list[float], std: list[float]) -> np.ndarray:
 
 
 def sample_stats(sample: dict[str, Any]) -> dict[str, str]:
-    """One short line per labeled task: pixel accuracy, mean abs depth error, mean angle."""
+    """One short line per labeled task (its ``spec.summary``: pixel accuracy, mean abs depth
+    error, mean angle, ...)."""
     stats = {}
     has, tgt, pred = sample.get("has", {}), sample["target"], sample["pred"]
-    if "seg" in pred and has.get("seg", True):
-        g, p = _np(tgt["seg"]), _np(pred["seg"])
-        valid = g != 255
-        if valid.any():
-            stats["seg"] = f"pixel acc {100.0 * float((g == p)[valid].mean()):.1f}%"
-    if "depth" in pred and has.get("depth", True):
-        g, p = _hw(tgt["depth"]), _hw(pred["depth"])
-        if (g > 0).any():
-            stats["depth"] = f"abs err {float(np.abs(p - g)[g > 0].mean()):.3f} m"
-    if "normal" in pred and has.get("normal", True):
-        ang, valid = angle_error_deg(pred["normal"], tgt["normal"])
-        if valid.any():
-            stats["normal"] = f"mean angle {float(ang[valid].mean()):.1f}°"
+    for task in ordered_tasks(pred):
+        if has.get(task, True) and task in tgt:
+            line = stat_line(task, pred[task], tgt[task])
+            if line:
+                stats[task] = line
     return stats
 
 
@@ -64,9 +70,10 @@ def sample_panel(
     cell_inches: float = 2.6,
 ) -> Any:
     """A matplotlib Figure: one row per task (ground truth | prediction | error), the image in
-    the first column, a class legend, a depth colorbar and error colorbars."""
+    the first column, a class legend, colour-scale and error colorbars (tiles by the task's
+    view kind, :mod:`cvmtl.vis.panel_tiles`)."""
     plt = _plt()
-    tasks = [t for t in ("seg", "depth", "normal") if t in sample["pred"]]
+    tasks = ordered_tasks(sample["pred"])
     image = denormalize(sample["image"], mean, std)
     h, w = image.shape[:2]
     aspect = h / w
@@ -79,13 +86,16 @@ def sample_panel(
     axes[0, 0].set_title("image", fontsize=10)
     stats = sample_stats(sample)
     if len(tasks) > 1:
-        text = "\n".join(f"{TITLES[t]}:\n  {s}" for t, s in stats.items()) or "no labels"
+        text = "\n".join(f"{task_title(t)}:\n  {s}" for t, s in stats.items()) or "no labels"
         axes[1, 0].text(0.02, 0.95, text, va="top", ha="left", fontsize=9, family="monospace")
-    present: set[int] = set()
+    shown: dict[str, set[int]] = {}
     for r, task in enumerate(tasks):
-        present |= _task_row(fig, axes[r, 1:], caxes[r], sample, task, palette, first=r == 0)
-    if "seg" in tasks and present:
-        _class_legend(fig, present, classes, palette)
+        info = task_info(task, classes, palette)
+        present = _task_row(fig, axes[r, 1:], caxes[r], sample, task, info, first=r == 0)
+        if view_kind(get_task(task)) == CLASS_MAP and present:
+            shown[task] = present
+    if shown:
+        _class_legend(fig, shown, classes, palette)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
@@ -116,25 +126,19 @@ def _task_row(
     caxes: np.ndarray,
     sample: dict[str, Any],
     task: str,
-    palette: list[list[int]],
+    info: dict[str, Any],
     first: bool,
 ) -> set[int]:
-    """One task's GT | prediction | error tiles; returns the class ids a seg row shows."""
+    """One task's GT | prediction | error tiles; returns the class ids a class-map row shows."""
     gt_ax, pred_ax, err_ax = axes
-    gt_ax.set_ylabel(TITLES[task], fontsize=10)  # row label (visible: ticks are off)
+    gt_ax.set_ylabel(task_title(task), fontsize=10)  # row label (visible: ticks are off)
     if first:
         gt_ax.set_title("ground truth", fontsize=10)
         pred_ax.set_title("prediction", fontsize=10)
         err_ax.set_title("error", fontsize=10)
-    labeled = sample.get("has", {}).get(task, True)
-    gt, pred = sample["target"][task], sample["pred"][task]
-    present: set[int] = set()
-    if task == "seg":
-        present = seg_tiles(axes, gt, pred, palette, labeled)
-    elif task == "depth":
-        depth_tiles(fig, axes, caxes, sample, labeled)
-    else:
-        normal_tiles(fig, axes, caxes, gt, pred, labeled)
+    labeled = sample.get("has", {}).get(task, True) and task in sample["target"]
+    gt, pred = sample["target"].get(task), sample["pred"][task]
+    present = task_tiles(fig, axes, caxes, get_task(task), gt, pred, info, labeled)
     if not labeled:
         for ax in (gt_ax, err_ax):
             ax.text(0.5, 0.5, "no label", ha="center", va="center", transform=ax.transAxes)
@@ -142,16 +146,23 @@ def _task_row(
 
 
 def _class_legend(
-    fig: Any, present: set[int], classes: list[str], palette: list[list[int]]
+    fig: Any, shown: dict[str, set[int]], classes: list[str], palette: list[list[int]]
 ) -> None:
-    """A legend under the figure naming the colour of every class shown."""
+    """A legend under the figure naming the colour of every class shown (prefixed by the
+    task's title where several class-map tasks share the figure)."""
     from matplotlib.patches import Patch
 
-    handles = [
-        Patch(facecolor=np.asarray(palette[c]) / 255.0, edgecolor="0.3", label=classes[c])
-        for c in sorted(present)
-        if 0 <= c < len(classes)
-    ]
+    handles = []
+    for task, present in shown.items():
+        info = task_info(task, classes, palette)
+        names, colours = info["classes"], info["palette"]
+        prefix = f"{task_title(task)}: " if len(shown) > 1 else ""
+        handles += [
+            Patch(facecolor=np.asarray(colours[c]) / 255.0, edgecolor="0.3",
+                  label=prefix + str(names[c]))
+            for c in sorted(present)
+            if 0 <= c < min(len(names), len(colours))
+        ]  # fmt: skip
     fig.legend(
         handles=handles, loc="outside lower center", ncol=min(len(handles), 7),
         fontsize=8, frameon=False, handlelength=1.2, columnspacing=1.0,
@@ -181,21 +192,17 @@ def contact_sheet(
     if not samples:
         raise ValueError("contact_sheet: no samples")
     columns, rows = ["image"], []
-    tasks = [t for t in ("seg", "depth", "normal") if t in samples[0]["pred"]]
+    tasks = ordered_tasks(samples[0]["pred"])
     for t in tasks:
         columns += [f"{t} GT", f"{t} pred"]
     for s in samples:
         tiles = [denormalize(s["image"], mean, std)]
         for t in tasks:
-            gt, pred = s["target"][t], s["pred"][t]
-            labeled = s.get("has", {}).get(t, True)
-            if t == "seg":
-                pair = colorize_seg(gt, palette), colorize_seg(pred, palette)
-            elif t == "depth":
-                lo, hi = depth_range(s)
-                pair = colorize_depth(gt, lo, hi), colorize_depth(pred, lo, hi)
-            else:
-                pair = colorize_normal(gt), colorize_normal(pred)
+            pred = s["pred"][t]
+            labeled = s.get("has", {}).get(t, True) and t in s["target"]
+            gt = s["target"][t] if labeled else pred
+            info = task_info(t, [], palette)
+            pair = colour_pair(get_task(t), gt, pred, info)
             tiles += [pair[0] if labeled else np.zeros_like(pair[1]), pair[1]]
         h, w = tiles[0].shape[:2]
         th = max(1, round(h * tile_width / w))

@@ -15,6 +15,20 @@ from typing import Any
 from cvmtl.balancers import BALANCERS, balancer_class
 from cvmtl.tasks import TASKS, get_task
 from cvmtl.tasks.published import fmt, published_tables
+from cvmtl.vis.task_view import (
+    BINARY_MAP,
+    SCALAR_MAP,
+    VECTOR_MAP,
+    ordered_tasks,
+    task_info,
+    unit,
+    view_kind,
+)
+
+
+def task_title(task: str) -> str:
+    """A task's display name (``spec.title``, else its name; unknown tasks by name)."""
+    return (TASKS[task].title or task) if task in TASKS else task
 
 
 def is_nyu(data_format: str, dataset_name: str) -> bool:
@@ -140,16 +154,10 @@ def render_html(doc: dict[str, Any], charts: dict[str, bytes]) -> str:
     for note, head, rows in doc.get("published", []):
         parts.append("<h2>Published numbers of other projects (for comparison)</h2>")
         parts += [f'<p class="note">{esc(note)}</p>', _html_table(head, rows, "pub")]
-    titles = {
-        "delta": "delta_m per metric", "iou": "Segmentation IoU per class",
-        "depth_bins": "Depth error by distance", "angle_hist": "Normal angle error",
-        "samples": "Samples: ground truth and prediction",
-    }  # fmt: skip
-    for key, title in titles.items():
-        if key in charts:
-            parts += [f"<h2>{esc(title)}</h2>", _img(charts[key], title)]
-            if key in doc.get("captions", {}):
-                parts.append(f'<p class="note">{esc(doc["captions"][key])}</p>')
+    for key, title in chart_titles(charts).items():
+        parts += [f"<h2>{esc(title)}</h2>", _img(charts[key], title)]
+        if key in doc.get("captions", {}):
+            parts.append(f'<p class="note">{esc(doc["captions"][key])}</p>')
     body = "\n".join(parts)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -158,17 +166,33 @@ def render_html(doc: dict[str, Any], charts: dict[str, bytes]) -> str:
     )
 
 
+def chart_titles(charts: dict[str, bytes]) -> dict[str, str]:
+    """The heading of every chart in ``charts``, in page order."""
+    titles = {"delta": "delta_m per metric"}
+    for key in charts:
+        if key.startswith("iou/"):
+            titles[key] = f"{task_title(key[4:])}: IoU per class"
+    titles.update({
+        "depth_bins": "Depth error by distance", "angle_hist": "Normal angle error",
+        "samples": "Samples: ground truth and prediction",
+    })  # fmt: skip
+    return {k: v for k, v in titles.items() if k in charts}
+
+
 def build_charts(doc: dict[str, Any], stats: dict, samples: list, cfg: Any) -> dict[str, bytes]:
-    """The PNG charts the data allows (delta_m, IoU, depth bins, angle histogram, samples)."""
+    """The PNG charts the data allows (delta_m, IoU per class of every class-map task, depth
+    bins, angle histogram, samples)."""
     from cvmtl.vis import report_charts as rc
 
     charts: dict[str, bytes] = {}
     m = doc["metrics"]
     if m.get("delta_m"):
         charts["delta"] = rc.delta_chart(m["delta_m"]["per_metric"])
-    iou = m["metrics"].get("seg", {}).get("iou_per_class")
-    if iou:
-        charts["iou"] = rc.iou_chart(iou, doc.get("classes") or [])
+    for task in ordered_tasks(m["metrics"]):
+        iou = m["metrics"][task].get("iou_per_class")
+        if iou:
+            names = task_info(task, doc.get("classes") or [], doc.get("palette"))["classes"]
+            charts[f"iou/{task}"] = rc.iou_chart(iou, names, task_title(task))
     if stats.get("depth_bins"):
         charts["depth_bins"] = rc.depth_bins_chart(stats["depth_bins"])
     if stats.get("angle_hist"):
@@ -178,6 +202,27 @@ def build_charts(doc: dict[str, Any], stats: dict, samples: list, cfg: Any) -> d
             samples, cfg.data.mean, cfg.data.std, doc.get("palette"), cfg.eval.max_depth
         )
     return charts
+
+
+def samples_caption(tasks: list[str], max_depth: float) -> str:
+    """What the colours of the sample grid mean, per view kind of the tasks shown."""
+    from cvmtl.vis.report_charts import scalar_span
+
+    notes = []
+    for task in ordered_tasks(tasks):
+        spec, name = get_task(task), task_title(task)
+        kind = view_kind(spec)
+        if kind == SCALAR_MAP:
+            span = scalar_span(spec, max_depth)
+            u = f" {unit(spec)}" if unit(spec) else ""
+            scale = "per sample" if span is None else f"over {span[0]:g}-{span[1]:g}{u}"
+            err = "" if span is None else f" over 0-{(span[1] - span[0]) / 4:g}{u}"
+            notes.append(f"{name}: turbo colormap {scale}; {name} error: magma{err}")
+        elif kind == BINARY_MAP:
+            notes.append(f"{name}: grey probability (white = 1); {name} error: magma over 0-1")
+        elif kind == VECTOR_MAP and spec.label.unit_vector:
+            notes.append(f"{name} error: magma over 0-45 degrees")
+    return "; ".join(notes + ["black = ignore / invalid"])
 
 
 def write_report(
@@ -206,11 +251,7 @@ def write_report(
         "classes": info.get("classes"),
         "palette": info.get("palette"),
         "published": [],
-        "captions": {
-            "samples": f"depth: turbo colormap over 0-{cfg.eval.max_depth:g} m; depth error: "
-            f"magma over 0-{cfg.eval.max_depth / 4:g} m; normal error: magma over 0-45 degrees; "
-            "black = ignore / invalid",
-        },
+        "captions": {"samples": samples_caption(list(metrics["metrics"]), cfg.eval.max_depth)},
     }
     if is_nyu(cfg.data.format, name):
         doc["published"] = published_tables(metrics["metrics"], cfg.data.num_classes)

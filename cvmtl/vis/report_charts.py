@@ -13,12 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from cvmtl.vis.colorize import (
-    colorize_angle_error,
-    colorize_depth,
-    colorize_depth_error,
-    colorize_normal,
-    colorize_seg,
+from cvmtl.tasks import TaskSpec, get_task
+from cvmtl.tasks.spec import DEPTH
+from cvmtl.vis.task_view import (
+    CLASS_MAP,
+    SCALAR_MAP,
+    canonical,
+    colour_pair,
+    error_rgb,
+    known_mask,
+    ordered_tasks,
+    task_info,
+    view_kind,
 )
 
 
@@ -37,7 +43,9 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def iou_chart(iou_per_class: Sequence[float | None], class_names: Sequence[str]) -> bytes:
+def iou_chart(
+    iou_per_class: Sequence[float | None], class_names: Sequence[str], title: str = "Segmentation"
+) -> bytes:
     """Horizontal bars of IoU (%) per class; a class absent from the split is marked n/a."""
     n = len(iou_per_class)
     names = [str(class_names[i]) if i < len(class_names) else f"class {i}" for i in range(n)]
@@ -53,7 +61,7 @@ def iou_chart(iou_per_class: Sequence[float | None], class_names: Sequence[str])
     ax.invert_yaxis()
     ax.set_xlim(0, 105)
     ax.set_xlabel("IoU (%)")
-    ax.set_title("Segmentation: IoU per class")
+    ax.set_title(f"{title}: IoU per class")
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
@@ -144,12 +152,13 @@ def sample_grid(
     palette: list[list[int]] | None,
     max_depth: float,
 ) -> bytes:
-    """One row per sample: RGB, then ground truth | prediction (| error) for every task."""
+    """One row per sample: RGB, then ground truth | prediction (| error, for all but class maps)
+    for every task. Depth shares one scale (0..``max_depth``), other scalars one per sample."""
     cols: list[tuple[str, Any]] = [("image", None)]
-    tasks = list(samples[0]["pred"]) if samples else []
+    tasks = ordered_tasks(samples[0]["pred"]) if samples else []
     for task in tasks:
         cols += [(f"{task} GT", task), (f"{task} pred", task)]
-        if task in ("depth", "normal"):
+        if view_kind(get_task(task)) != CLASS_MAP:
             cols.append((f"{task} error", task))
     rows = len(samples)
     h, w = samples[0]["image"].shape[-2:] if samples else (1, 1)
@@ -159,16 +168,7 @@ def sample_grid(
     for r, s in enumerate(samples):
         panels = [denormalize(s["image"], mean, std)]
         for task in tasks:
-            g, p = s["target"][task], s["pred"][task]
-            if task == "seg":
-                panels += [colorize_seg(g, palette), colorize_seg(p, palette)]
-            elif task == "depth":
-                p = p * (g > 0)  # show the prediction where the ground truth is valid
-                panels += [colorize_depth(g, 0.0, max_depth), colorize_depth(p, 0.0, max_depth)]
-                panels.append(colorize_depth_error(s["pred"][task], g, vmax=max_depth / 4))
-            elif task == "normal":
-                panels += [colorize_normal(g), colorize_normal(p)]
-                panels.append(colorize_angle_error(p, g))
+            panels += _task_panels(get_task(task), s, palette, max_depth)
         for c, (title, _) in enumerate(cols):
             ax = axes[r][c]
             ax.imshow(panels[c], interpolation="nearest")
@@ -177,3 +177,20 @@ def sample_grid(
             if r == 0:
                 ax.set_title(title, fontsize=9)
     return _png(fig)
+
+
+def scalar_span(spec: TaskSpec, max_depth: float) -> tuple[float, float] | None:
+    """The fixed colour scale of a scalar kind in reports (depth: 0..max_depth), else None."""
+    return (0.0, float(max_depth)) if spec.label == DEPTH else None
+
+
+def _task_panels(spec: TaskSpec, s: dict[str, Any], palette: Any, max_depth: float) -> list:
+    """Ground truth, prediction (shown where the ground truth is labelled) and error tiles."""
+    g, p = s["target"][spec.name], s["pred"][spec.name]
+    kind = view_kind(spec)
+    span = scalar_span(spec, max_depth) if kind == SCALAR_MAP else None
+    gt_rgb, pred_rgb = colour_pair(spec, g, p, task_info(spec, [], palette), span)
+    if kind == SCALAR_MAP:
+        pred_rgb[~known_mask(spec, canonical(spec, g))] = 0
+    err = error_rgb(spec, g, p, None if span is None else (span[1] - span[0]) / 4)
+    return [gt_rgb, pred_rgb] + ([] if err is None else [err])
