@@ -51,15 +51,31 @@ NYU40_NOTE = (
 )
 
 
-def published_tables(metrics: dict, num_classes: int) -> list[tuple[str, list[str], list[list]]]:
-    """(note, header, rows) tables of published numbers with our row first (NYUv2 only)."""
+def is_nyu(data_format: str, dataset_name: str) -> bool:
+    """Whether a dataset is NYUv2 / NYUD-v2 (by format or dataset.yaml name)."""
+    return data_format in ("nyuv2_npy", "nyud_mt") or "nyu" in str(dataset_name).lower()
+
+
+def published_tables(
+    metrics: dict, num_classes: int, data_format: str | None = None, dataset_name: str = ""
+) -> list[tuple[str, list[str], list[list]]]:
+    """(note, header, rows) tables of published numbers with our row first, for the dataset
+    (``data_format`` + ``dataset_name`` + ``num_classes``; ``data_format`` None: NYUv2 tables
+    by class count alone). ``[]`` for a dataset without published numbers."""
+    if data_format is not None and not is_nyu(data_format, dataset_name):
+        return []
     if num_classes == 13:
         columns, published, note = NYU13_COLUMNS, NYU13_PUBLISHED, NYU13_NOTE
     elif num_classes == 40:
         columns, published, note = NYU40_COLUMNS, NYU40_PUBLISHED, NYU40_NOTE
     else:
         return []
+    return [(note, ["model", *[c[2] for c in columns]], table_rows(metrics, columns, published))]
+
+
+def table_rows(metrics: dict, columns: list, published: list) -> list[list]:
+    """Our row ("cvmtl (this run)") and one per published entry, marked as published."""
     ours = [fmt(metrics.get(t, {}).get(m)) for t, m, _ in columns]
     rows = [["cvmtl (this run)", *ours]]
     rows += [[f"{name} (published)", *[fmt(v) for v in values]] for name, values in published]
-    return [(note, ["model", *[c[2] for c in columns]], rows)]
+    return rows

@@ -1,8 +1,9 @@
 """Evaluation reports: metric tables, ``report.md`` and one self-contained ``report.html``.
 
 The HTML page embeds every chart as a base64 PNG (no external file, script or style sheet), so
-it can be mailed or archived alone. On NYUv2 both files show published numbers of other projects
-beside ours, under a heading that says whose figures they are.
+it can be mailed or archived alone. Where the dataset has published numbers of other projects
+(:func:`cvmtl.tasks.published.published_tables`), both files show them beside ours, under a
+heading that says whose figures they are.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from cvmtl.balancers import BALANCERS, balancer_class
 from cvmtl.tasks import TASKS, get_task
-from cvmtl.tasks.published import fmt, published_tables
+from cvmtl.tasks.published import fmt, is_nyu, published_tables  # noqa: F401 (is_nyu: API)
 from cvmtl.vis.task_view import (
     BINARY_MAP,
     SCALAR_MAP,
@@ -29,11 +30,6 @@ from cvmtl.vis.task_view import (
 def task_title(task: str) -> str:
     """A task's display name (``spec.title``, else its name; unknown tasks by name)."""
     return (TASKS[task].title or task) if task in TASKS else task
-
-
-def is_nyu(data_format: str, dataset_name: str) -> bool:
-    """Whether a dataset is NYUv2 / NYUD-v2 (by format or dataset.yaml name)."""
-    return data_format in ("nyuv2_npy", "nyud_mt") or "nyu" in str(dataset_name).lower()
 
 
 def task_rows(metrics: dict, baselines: dict | None, delta: dict | None) -> dict[str, list[list]]:
@@ -250,11 +246,11 @@ def write_report(
         "baselines": baselines,
         "classes": info.get("classes"),
         "palette": info.get("palette"),
-        "published": [],
         "captions": {"samples": samples_caption(list(metrics["metrics"]), cfg.eval.max_depth)},
     }
-    if is_nyu(cfg.data.format, name):
-        doc["published"] = published_tables(metrics["metrics"], cfg.data.num_classes)
+    doc["published"] = published_tables(
+        metrics["metrics"], cfg.data.num_classes, cfg.data.format, name
+    )
     for task in metrics["metrics"]:
         get_task(task)  # an unknown task is an error here, not a silently empty table
     out = Path(out_dir)
