@@ -180,11 +180,9 @@ def test_training_mode_restored_collect_and_amp():
     )
     assert model.training and not model.seg.training
     assert len(samples) == 2 and samples[1]["meta"]["id"] == "s7_1"
-    assert samples[0]["pred"]["seg"].shape == (8, 12) and samples[0]["pred"]["depth"].shape == (
-        1,
-        8,
-        12,
-    )
+    pred = samples[0]["pred"]  # spec.predict: class ids, depth [H, W] metres, normals [H, W, 3]
+    assert pred["seg"].shape == (8, 12) and pred["seg"].dtype == torch.int64
+    assert pred["depth"].shape == (8, 12) and pred["normal"].shape == (8, 12, 3)
     plain = evaluate(model, batches, TASKS, make_cfg(), progress=False)
     assert out["depth"]["abs_err"] == pytest.approx(plain["depth"]["abs_err"], rel=0.05)
 

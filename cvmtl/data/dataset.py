@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from cvmtl.data.formats import DataError, list_ids, load_dataset_info, load_sample
 from cvmtl.data.splits import carve_ids
+from cvmtl.tasks.registry import DEFAULT_TASKS
 
 __all__ = ["DenseDataset", "ROLES", "carve_ids", "resolve_role", "resolve_split_ids"]
 
@@ -90,7 +91,7 @@ class DenseDataset(Dataset):
         root: Path | str,
         split: str,
         format: str = "cvmtl",
-        tasks: Sequence[str] = ("seg", "depth", "normal"),
+        tasks: Sequence[str] = DEFAULT_TASKS,
         transform: Callable[..., dict[str, Any]] | None = None,
         num_classes: int | None = None,
         skip_bad: bool = False,

@@ -1,13 +1,16 @@
-"""Joint train / eval transforms: raw numpy sample -> tensors of the sample contract (docs/architecture.md).
+"""Joint train / eval transforms: raw numpy sample -> tensors of the sample contract
+(docs/architecture.md).
 
 Geometry (random scale, pad, crop, horizontal flip) is one inverse affine warp per array with
-cv2: it resamples only the crop (cheap), pads every target with its own invalid value (image 0,
-seg 255, depth 0, normal 0; albumentations' PadIfNeeded has one ``fill_mask`` for all masks),
-divides depth by the scale factor and negates normal x on a flip (albumentations knows neither).
-Targets are resampled nearest, so labels stay integers and invalid pixels stay invalid.
-Geometry stays ours rather than albumentations' because the targets are not plain masks: depth
-must be divided by the scale and normals must turn with the image, which no albumentations
-transform knows. Photometric augmentation is any albumentations pipeline on the image only: the
+cv2: it resamples only the crop (cheap). Every label follows its task's
+:class:`cvmtl.tasks.LabelKind` (any registered task present in the sample): resampled nearest
+(labels stay integers, invalid pixels stay invalid), padded with ``label.fill`` (the image with
+0; albumentations' PadIfNeeded has one ``fill_mask`` for all masks), multiplied by
+``scale ** label.scale_power`` (depth divided by the zoom), multiplied channel-wise by
+``label.flip_sign`` on a flip (normal x negated), renormalized when ``label.unit_vector`` and
+thinned back to one pixel after a zoom in when ``label.thin`` (edges). Geometry stays ours rather
+than albumentations' because the targets are not plain masks, which no albumentations transform
+knows. Photometric augmentation is any albumentations pipeline on the image only: the
 config's ``data.photometric`` (albumentations' own serialized form, one dict per transform), by
 default a ``ColorJitter`` of strength ``data.color_jitter``; a transform that would move pixels
 (and so desynchronize the labels) is refused.
@@ -26,9 +29,13 @@ import cv2
 import numpy as np
 import torch
 
-from cvmtl.data.nyuv2 import IGNORE_INDEX
+from cvmtl.data.thinning import thin
+from cvmtl.tasks import TASKS, LabelKind
 
-FILL = {"image": 0, "seg": IGNORE_INDEX, "depth": 0.0, "normal": 0.0}
+
+def label_keys(sample: dict[str, Any]) -> list[str]:
+    """The keys of ``sample`` that are registered tasks (its labels)."""
+    return [key for key in sample if key in TASKS]
 
 
 def _rng(rng_seed: int | Sequence[int] | None) -> np.random.Generator:
@@ -38,7 +45,7 @@ def _rng(rng_seed: int | Sequence[int] | None) -> np.random.Generator:
 
 
 def renormalize(normal: np.ndarray) -> np.ndarray:
-    """Scale non-zero normals (HxWx3) to unit length; zero (invalid) ones stay zero."""
+    """Scale non-zero vectors (HxWxC) to unit length; zero (invalid) ones stay zero."""
     normal = normal.astype(np.float32, copy=False)
     sq = np.einsum("...c,...c->...", normal, normal)
     scale = np.float32(1.0) / np.sqrt(np.maximum(sq, np.float32(1e-12)))
@@ -47,7 +54,8 @@ def renormalize(normal: np.ndarray) -> np.ndarray:
 
 
 def to_tensors(sample: dict[str, Any], mean: Sequence[float], std: Sequence[float]) -> dict:
-    """uint8 image -> normalized float32 [3,H,W]; seg int64 [H,W]; depth [1,H,W]; normal [3,H,W]."""
+    """uint8 image -> normalized float32 [3,H,W]; every label by its task's ``label.to_tensor``
+    (class ids int64 [H,W], float labels [C,H,W]); other keys as they are."""
     scale = np.float32(1.0 / 255.0)
     image = (
         sample["image"].astype(np.float32) * scale - np.asarray(mean, np.float32)
@@ -55,13 +63,8 @@ def to_tensors(sample: dict[str, Any], mean: Sequence[float], std: Sequence[floa
     out: dict[str, Any] = {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
     }
-    if "seg" in sample:
-        out["seg"] = torch.from_numpy(np.ascontiguousarray(sample["seg"], dtype=np.int64))
-    if "depth" in sample:
-        out["depth"] = torch.from_numpy(np.ascontiguousarray(sample["depth"], np.float32)[None])
-    if "normal" in sample:
-        normal = np.ascontiguousarray(sample["normal"].transpose(2, 0, 1), dtype=np.float32)
-        out["normal"] = torch.from_numpy(normal)
+    for key in label_keys(sample):
+        out[key] = TASKS[key].label.to_tensor(sample[key])
     for key in sample:
         if key not in out:
             out[key] = sample[key]  # has, meta and anything a caller added
@@ -72,9 +75,10 @@ def scale_crop_flip(
     sample: dict[str, Any], scale: float, crop: Sequence[int], offset: tuple[int, int], flip: bool
 ) -> dict[str, Any]:
     """Resize by ``scale``, take the ``crop`` (h, w) window at ``offset`` (y0, x0) of the resized
-    image (negative or overhanging = padding with each target's invalid value), then flip.
+    image (negative or overhanging = padding with each label's ``fill``), then flip.
 
-    Depth is divided by ``scale``; a flip negates normal x.
+    Labels follow their :class:`LabelKind` (module docstring): depth is divided by ``scale``, a
+    flip negates normal x, edges are thinned back to one pixel after a zoom in.
     """
     h, w = sample["image"].shape[:2]
     ch, cw = int(crop[0]), int(crop[1])
@@ -91,33 +95,55 @@ def scale_crop_flip(
     rows = np.arange(ch) + y0
     cols = np.arange(cw)[::-1] + x0 if flip else np.arange(cw) + x0
     inside = ((rows >= 0) & (rows < sh))[:, None] & ((cols >= 0) & (cols < sw))[None, :]
-    padded = not inside.all()
+    outside = None if inside.all() else ~inside
     out = dict(sample)
-    for key in ("image", "seg", "depth", "normal"):
-        if key not in sample:
-            continue
+    out["image"] = _warp(sample["image"], matrix, (ch, cw), cv2.INTER_LINEAR, outside, 0)
+    for key in label_keys(sample):
+        label = TASKS[key].label
         array = sample[key]
-        if key == "seg":  # cv2 cannot warp int64; labels are < 256 (255 = ignore) or < 65536
+        if label.integer:  # cv2 cannot warp int64; labels are < 256 (255 = ignore) or < 65536
             array = array.astype(np.uint8 if array.max(initial=0) <= 255 else np.uint16)
-        interp = cv2.INTER_LINEAR if key == "image" else cv2.INTER_NEAREST
-        warped = cv2.warpAffine(
-            array, matrix, (cw, ch), flags=interp | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )  # fmt: skip
-        if warped.ndim < array.ndim:  # cv2 drops a trailing axis of size 1
-            warped = warped[..., None]
-        if padded:
-            warped[~inside] = FILL[key]
-        if key == "seg":
-            warped = warped.astype(np.int64)
-        elif key == "depth":
-            warped = warped / np.float32(scale)  # zoom in by s: everything looks s times closer
-        elif key == "normal":
-            if flip:
-                warped[..., 0] *= -1
-            warped = renormalize(warped)
-        out[key] = warped
+        warped = _warp(array, matrix, (ch, cw), cv2.INTER_NEAREST, outside, label.fill)
+        out[key] = _relabel(label, warped, scale, flip, zoomed=max(sy, sx) > 1.0)
     return out
+
+
+def _warp(
+    array: np.ndarray, matrix: np.ndarray, crop: tuple[int, int], interp: int, outside, fill
+) -> np.ndarray:
+    """``array`` through the inverse affine ``matrix`` into ``crop``; ``outside`` pixels (a bool
+    mask, or None) set to ``fill``."""
+    warped = cv2.warpAffine(
+        array, matrix, (crop[1], crop[0]), flags=interp | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )  # fmt: skip
+    if warped.ndim < array.ndim:  # cv2 drops a trailing axis of size 1
+        warped = warped[..., None]
+    if outside is not None:
+        warped[outside] = fill
+    return warped
+
+
+def _relabel(
+    label: LabelKind, warped: np.ndarray, scale: float, flip: bool, zoomed: bool
+) -> np.ndarray:
+    """A warped label's values after a zoom by ``scale`` and a flip (see :class:`LabelKind`)."""
+    if label.integer:
+        warped = warped.astype(np.int64)
+        if label.thin and zoomed:  # a zoom in by s thickens 1-pixel lines to about s pixels
+            positive = warped == 1
+            warped[positive & ~thin(positive)] = 0  # unknown (255) stays where it was
+        return warped
+    power = label.scale_power
+    if power > 0:
+        warped = warped * np.float32(scale**power)
+    elif power < 0:  # divide: depth / scale exactly as before the specs
+        warped = warped / np.float32(scale ** (-power))
+    if flip and label.flip_sign is not None:
+        warped = warped * np.asarray(label.flip_sign, np.float32)
+    if label.unit_vector:
+        warped = renormalize(warped)
+    return warped
 
 
 def photometric_pipeline(steps: list[dict[str, Any]] | None, color_jitter: float = 0.2) -> Any:

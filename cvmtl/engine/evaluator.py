@@ -1,8 +1,10 @@
 """evaluate(): run a model over a split at the targets' resolution and compute every metric.
 
-Predictions are resized to the targets' size; depth is rescaled as the sample contract says
-(an image resized by s yields depth / s, so a prediction made on it is multiplied by s).
-Optional flip TTA (normal-aware) and multi-scale inference (``cfg.eval.tta``, ``cfg.eval.scales``).
+Predictions are resized to the targets' size and rescaled as the sample contract says (an image
+resized by s yields labels times ``s ** label.scale_power``, e.g. depth / s, so a prediction made
+on it is multiplied by ``s ** -scale_power``). Optional flip TTA (``label.flip_sign``: normal x)
+and multi-scale inference (``cfg.eval.tta``, ``cfg.eval.scales``); every task is read from its
+:class:`cvmtl.tasks.TaskSpec`.
 
 Under DDP each rank evaluates its shard and the metrics are all-reduced. A DistributedSampler
 pads the split with duplicates so that every rank gets as many samples; ``evaluate`` recognizes
@@ -14,20 +16,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
 from cvmtl.distributed import is_main_process, unwrap
+from cvmtl.engine.views import predict
 from cvmtl.metrics import build_metrics
 from cvmtl.precision import AMP_DTYPES, autocast_context, resolve_precision
+from cvmtl.tasks import get_task
 
-__all__ = ["AMP_DTYPES", "evaluate", "predict"]  # AMP_DTYPES: re-exported from cvmtl.precision
+Tensor = torch.Tensor
+
+# re-exported: AMP_DTYPES from cvmtl.precision, predict from cvmtl.engine.views
+__all__ = ["AMP_DTYPES", "evaluate", "predict"]
 
 
 def evaluate(
@@ -55,8 +60,8 @@ def evaluate(
     ``auto`` values are resolved for ``device`` by :func:`cvmtl.precision.resolve_precision`.
     ``device``: default the model's. ``max_batches`` stops early (per rank). With ``collect=N``
     the first N samples of this rank are appended to the list ``samples`` as dicts of CPU
-    tensors ``{"image", "meta", "has", "target": {task}, "pred": {task}}`` (seg as labels [H,W],
-    depth [1,H,W] metres, normal [3,H,W]) for visualization.
+    tensors ``{"image", "meta", "has", "target": {task}, "pred": {task}}``: targets as collated,
+    predictions by ``spec.predict`` (class ids / probabilities / metres [H,W], normals [H,W,3]).
     """
     _check_arguments(loader, collect, samples, amp)
     tasks = list(tasks)
@@ -110,89 +115,6 @@ def _resolved(cfg: Any, amp: str | None, device: torch.device) -> Any:
     return resolve_precision(cfg, device)
 
 
-def predict(
-    model: nn.Module,
-    image: torch.Tensor,
-    size: tuple[int, int] | torch.Size,
-    tasks: list[str],
-    cfg: Any,
-    num_classes: int | None = None,
-    first: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Predictions at ``size``: seg logits (averaged probabilities with TTA / several scales)
-    [B,C,H,W], depth [B,1,H,W] metres, unit normals [B,3,H,W]. The model is called once per
-    scale and flip; the first call of the first batch checks its tasks and class count."""
-    scales = list(getattr(cfg.eval, "scales", [1.0]) or [1.0])
-    flips = [False, True] if cfg.eval.tta else [False]
-    views = len(scales) * len(flips)
-    # a resolved config (cvmtl.precision.resolve_precision): only a concrete True converts
-    channels_last = getattr(cfg.train, "channels_last", False) is True
-    acc: dict[str, torch.Tensor] = {}
-    for s in scales:
-        x = image
-        if s != 1.0:
-            hw = (max(1, round(image.shape[-2] * s)), max(1, round(image.shape[-1] * s)))
-            x = F.interpolate(image, size=hw, mode="bilinear", align_corners=False)
-        # Depth predicted on x is in units of an image resized by (x size / target size).
-        depth_scale = math.sqrt(x.shape[-2] / size[0] * x.shape[-1] / size[1])
-        for flip in flips:
-            xi = x.flip(-1) if flip else x
-            if channels_last:
-                xi = xi.contiguous(memory_format=torch.channels_last)
-            out = model(xi)
-            if first and s == scales[0] and not flip:
-                _check_outputs(out, tasks, num_classes)
-            for task in tasks:
-                p, resized = _to_size(task, out[task], size, depth_scale)
-                if flip:
-                    p = p.flip(-1)
-                    if task == "normal":  # mirrored scene: x component changes sign
-                        p = p * p.new_tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1)
-                if task == "seg" and views > 1:
-                    p = p.float().softmax(dim=1)  # average probabilities, not logits
-                if task == "normal" and (resized or views > 1):
-                    p = F.normalize(p.float(), dim=1)
-                acc[task] = p if task not in acc else acc[task] + p
-    if views > 1:
-        for task in tasks:
-            acc[task] = acc[task] / views
-            if task == "normal":
-                acc[task] = F.normalize(acc[task], dim=1)
-    return acc
-
-
-def _to_size(
-    task: str, p: torch.Tensor, size: Any, depth_scale: float
-) -> tuple[torch.Tensor, bool]:
-    """(prediction at ``size``, whether it was resized). A single-view prediction already at the
-    target size is passed through in the model's dtype: the metrics cast what they need, and a
-    float32 copy of the seg logits would cost as much as the metric itself."""
-    resized = tuple(p.shape[-2:]) != tuple(size)
-    if resized:
-        p = F.interpolate(p.float(), size=tuple(size), mode="bilinear", align_corners=False)
-    if task == "depth" and depth_scale != 1.0:
-        p = p.float() * depth_scale
-    return p, resized
-
-
-def _check_outputs(out: Any, tasks: list[str], num_classes: int | None) -> None:
-    if not isinstance(out, dict):
-        raise ValueError(
-            f"evaluate: the model must return a dict {{task: tensor}}, got {type(out)}"
-        )
-    missing = [t for t in tasks if t not in out]
-    if missing:
-        raise ValueError(
-            f"evaluate: the model predicts {sorted(out)} but evaluation asks for {tasks} "
-            f"(missing {missing})"
-        )
-    if "seg" in tasks and num_classes is not None and out["seg"].shape[1] != num_classes:
-        raise ValueError(
-            f"evaluate: the model predicts {out['seg'].shape[1]} classes but the dataset has "
-            f"{num_classes} (data.num_classes)"
-        )
-
-
 def _targets(
     batch: dict[str, Any], tasks: list[str], device: torch.device, skip: Any, seen: int
 ) -> dict[str, torch.Tensor]:
@@ -214,7 +136,7 @@ def _targets(
         if keep is not None:
             mask = keep if mask is None else mask & keep
         if mask is not None and not bool(mask.all()):
-            fill = 255 if task == "seg" else 0
+            fill = get_task(task).label.fill
             m = mask.to(device).view(-1, *[1] * (t.dim() - 1))
             t = torch.where(m, t, torch.full_like(t, fill))
         out[task] = t
@@ -277,9 +199,7 @@ def _collect(samples: list, collect: int, batch: dict, targets: dict, preds: dic
     for i in range(batch["image"].shape[0]):
         if len(samples) >= collect:
             return
-        pred = {}
-        for task, p in preds.items():
-            pred[task] = p[i].argmax(0).cpu() if task == "seg" else p[i].float().cpu()
+        pred = {task: _predicted(task, p[i : i + 1]) for task, p in preds.items()}
         samples.append(
             {
                 "image": batch["image"][i].cpu(),
@@ -289,6 +209,12 @@ def _collect(samples: list, collect: int, batch: dict, targets: dict, preds: dic
                 "pred": pred,
             }
         )
+
+
+def _predicted(task: str, p: Tensor) -> Tensor:
+    """``spec.predict`` of one sample's output [1, C, H, W], on the CPU (floats as float32)."""
+    pred = get_task(task).predict(p)[0].cpu()
+    return pred.float() if pred.is_floating_point() else pred
 
 
 def _meta_item(meta: Any, i: int) -> Any:

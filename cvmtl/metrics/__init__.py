@@ -9,26 +9,20 @@ from cvmtl.metrics.depth import DepthMetric
 from cvmtl.metrics.multitask import delta_m
 from cvmtl.metrics.normals import NormalMetric
 from cvmtl.metrics.segmentation import SegMetric
+from cvmtl.tasks.registry import get_task
 
-Metric = SegMetric | DepthMetric | NormalMetric
+Metric = Any  # any streaming metric: update(pred, target), compute() -> {name: value}
 
 __all__ = ["DepthMetric", "Metric", "NormalMetric", "SegMetric", "build_metrics", "delta_m"]
 
 
 def build_metrics(tasks: Iterable[str], num_classes: int, cfg: Any = None) -> dict[str, Metric]:
-    """One fresh metric per task. ``cfg``: a Config, its ``eval`` section or None (defaults);
-    it supplies the depth range ``min_depth`` / ``max_depth``."""
+    """One fresh metric per task, ``spec.metric(output channels, eval cfg)``. ``cfg``: a Config,
+    its ``eval`` section or None (the metrics' defaults, e.g. depth range ``min_depth`` /
+    ``max_depth``); ``num_classes`` is the dataset's class count (tasks with ``channels=None``)."""
     ev = getattr(cfg, "eval", cfg)
-    min_depth = getattr(ev, "min_depth", 1e-3)
-    max_depth = getattr(ev, "max_depth", 10.0)
     metrics: dict[str, Metric] = {}
     for task in tasks:
-        if task == "seg":
-            metrics[task] = SegMetric(num_classes)
-        elif task == "depth":
-            metrics[task] = DepthMetric(min_depth, max_depth)
-        elif task == "normal":
-            metrics[task] = NormalMetric()
-        else:
-            raise ValueError(f"build_metrics: no metric for task {task!r} (seg, depth, normal)")
+        spec = get_task(task)
+        metrics[task] = spec.metric(spec.out_channels(num_classes), ev)
     return metrics
