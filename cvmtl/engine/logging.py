@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cvmtl.tasks import get_task
+
 
 def flat_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """``{task: {metric: value}}`` -> ``{"task/metric": value}`` (scalars only)."""
@@ -151,12 +153,26 @@ class RunLogger:
             self.writer = None
 
 
+def task_info(task: str, cfg: Any) -> dict[str, Any]:
+    """What ``spec.colorize`` / ``spec.encode`` of ``task`` need to know of the run: its class
+    names and palette (the task's own classes, else the dataset's), and the depth range."""
+    from cvmtl.vis.colorize import default_palette
+
+    spec = get_task(task)
+    num = len(spec.classes) if spec.classes is not None else cfg.data.num_classes
+    return {
+        "palette": default_palette(num),
+        "classes": list(spec.classes) if spec.classes is not None else None,
+        "max_depth": cfg.model.max_depth,
+    }
+
+
 def prediction_panels(samples: list[dict], cfg: Any) -> list[np.ndarray]:
-    """Image | prediction per task, side by side (uint8 HxWx3), for TensorBoard."""
+    """Image | prediction per task (``spec.colorize``), side by side (uint8 HxWx3), for
+    TensorBoard."""
     if not samples:
         return []
-    from cvmtl.vis.colorize import colorize_depth, colorize_normal, colorize_seg
-
+    info = {task: task_info(task, cfg) for task in samples[0]["pred"]}
     mean = np.asarray(cfg.data.mean, dtype=np.float32)
     std = np.asarray(cfg.data.std, dtype=np.float32)
     panels = []
@@ -164,11 +180,17 @@ def prediction_panels(samples: list[dict], cfg: Any) -> list[np.ndarray]:
         img = s["image"].float().numpy().transpose(1, 2, 0) * std + mean
         row = [(np.clip(img, 0, 1) * 255).astype(np.uint8)]
         for task, pred in s["pred"].items():
-            if task == "seg":
-                row.append(colorize_seg(pred))
-            elif task == "depth":
-                row.append(colorize_depth(pred, 0.0, cfg.model.max_depth))
-            elif task == "normal":
-                row.append(colorize_normal(pred))
+            row.append(get_task(task).colorize(np.asarray(pred), info[task]))
         panels.append(np.concatenate(row, axis=1))
     return panels
+
+
+def task_summary(results: dict[str, dict[str, Any]], per_task: int = 2) -> str:
+    """One console line: each task's first ``per_task`` delta_m metrics, e.g.
+    ``seg miou=41.2 pixel_acc=70.3 | depth abs_err=0.512 rel_err=0.187``."""
+    parts = []
+    for task, values in results.items():
+        names = [m for m in get_task(task).delta_metrics if m in values][:per_task]
+        shown = " ".join(f"{m}={float(values[m]):.4g}" for m in names)
+        parts.append(f"{task} {shown}" if shown else task)
+    return " | ".join(parts)

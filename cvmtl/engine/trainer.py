@@ -25,7 +25,7 @@ from cvmtl.config import Config
 from cvmtl.engine.buffers import BufferGuard
 from cvmtl.engine.build import broadcast_module, build_run
 from cvmtl.engine.checkpoint import load_checkpoint, preserved_rng
-from cvmtl.engine.logging import LossWindow, flat_metrics, prediction_panels
+from cvmtl.engine.logging import LossWindow, flat_metrics, prediction_panels, task_summary
 from cvmtl.engine.optim import base_lr
 from cvmtl.engine.run import Run
 from cvmtl.engine.signals import stop_agreed
@@ -215,6 +215,7 @@ def validate(run: Run, epoch: int) -> tuple[dict, bool]:
     run.logger.info(
         f"val @ step {state.step}: {run.best.metric}={value:.4g}"
         + (" (best)" if is_best else f" (best {run.best.value:.4g} @ {run.best.step})")
+        + f"; {task_summary(results)}"
     )
     run.logger.flush()
     return results, is_best
