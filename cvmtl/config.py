@@ -61,6 +61,9 @@ class DataConfig:
     # color_jitter default), e.g. [{__class_fullname__: ColorJitter, brightness: 0.3, p: 0.8}]
     photometric: list[dict[str, Any]] | None = None
     eval_batch_size: int = 0  # 0 = train.batch_size
+    # train data decoded once and augmented on whole batches (cvmtl/data/cached_loader.py):
+    # none = the worker DataLoader; host = kept in host memory; device = on the training device
+    cache: str = "none"
 
 
 @dataclass
@@ -160,6 +163,7 @@ class Config:
 # Keys whose value must be one of a fixed set.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("cvmtl", "nyuv2_npy", "nyud_mt", "pascal_mt", "cityscapes_npy", "cityscapes"),
+    "data.cache": ("none", "host", "device"),
     "model.arch": ("fpn", "deeplab", "mtan", "cross_stitch", "padnet", "mtinet"),
     "model.sharing": ("hard", "soft"),
     "model.norm": ("bn", "gn", "syncbn"),

@@ -167,6 +167,12 @@ def build_loaders(
         else:
             sampler = SeededSampler(len(dataset), seed, shuffle=False)
         drop_last = train and len(sampler) >= batch  # never an epoch without a batch
+        if train and d.cache != "none":
+            # data.cache: the split decoded once, batches augmented on the device (same contract)
+            from cvmtl.data.cached_loader import cached_train_loader
+
+            loaders[role] = cached_train_loader(cfg, dataset, sampler, batch, drop_last)
+            continue
         loaders[role] = DataLoader(
             dataset,
             batch_size=batch,
