@@ -175,9 +175,15 @@ def test_simple_losses_are_finite() -> None:
         "depth": torch.rand(2, 1, 64, 96) + 0.1,
         "normal": torch.nn.functional.normalize(torch.randn(2, 3, 64, 96), dim=1),
     }
-    losses = simple_losses(preds, batch)
+    losses = simple_losses(preds, batch, cfg)
     assert set(losses) == {"seg", "depth", "normal"}
     assert all(torch.isfinite(v) for v in losses.values())
+    # each task's own loss (spec.loss): plain cross-entropy and masked L1 with the defaults
+    ce = torch.nn.functional.cross_entropy(preds["seg"], batch["seg"], ignore_index=255)
+    torch.testing.assert_close(losses["seg"], ce)
+    valid = batch["depth"] > 0
+    l1 = (preds["depth"] - batch["depth"]).abs()[valid].mean()
+    torch.testing.assert_close(losses["depth"], l1)
 
 
 def test_sweep_rows_and_table() -> None:

@@ -30,7 +30,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="KEY=[V,...]",
-        help="sweep values (default: cvmtl.workflows.bench.sweep.DEFAULT_GRID)",
+        help="sweep values (default: cvmtl.workflows.bench.sweep.default_grid)",
     )
     p.add_argument(
         "--grid-mode",

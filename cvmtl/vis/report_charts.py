@@ -125,7 +125,7 @@ def angle_chart(hist: dict[str, list], max_deg: float = 90.0) -> bytes:
     left, width = edges[:-1][keep], np.diff(edges)[keep]
     fig = _figure(10.0, 4.0)
     ax = fig.add_subplot()
-    ax.bar(left, shown / total * 100, width=width, align="edge", color="#4c72b0")
+    ax.bar(left + width / 2, shown / total * 100, width=width, color="#4c72b0")  # left edges
     beyond = edges[-1] > max_deg
     ax.set_xlabel("angle error (degrees)" + (f"; last bar: >= {left[-1]:g}" if beyond else ""))
     ax.set_ylabel("pixels (%)")

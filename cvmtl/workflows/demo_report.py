@@ -1,8 +1,10 @@
 """The demo's outputs: trivial floors, prediction panels + curves, and the summary table.
 
-The floors say whether a model learned anything: a per-pixel colour classifier for seg
-(:func:`cvmtl.data.synthetic.colour_only_miou`), and "predict the mean" for depth and normals
-(the per-pixel mean of the train split, which already knows the room layout's average).
+The floors say whether a model learned anything, by label kind (:func:`floor_kind`): a
+per-pixel colour classifier for the dataset's classes (:func:`cvmtl.data.synthetic.
+colour_only_miou`), and "predict the mean" for float labels such as depth and normals (the
+per-pixel mean of the train split, which already knows the room layout's average). A task can
+bring its own: ``extras["floor"](cfg, task) -> {metric: value}``.
 """
 
 from __future__ import annotations
@@ -12,49 +14,66 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cvmtl.config import Config
 from cvmtl.tasks import get_task
+from cvmtl.tasks.spec import CLASSES
 
 FMT = {"miou": ".2f", "pixel_acc": ".2f", "abs_err": ".4f", "rel_err": ".4f"}
 
 
-def _read_split(root: Path, split: str, what: str) -> list[np.ndarray]:
-    from cvmtl.data.io import read_depth_png, read_normal_png, read_split
+def _labels(cfg: Config, split: str, task: str) -> list[np.ndarray]:
+    """The raw labels of ``task`` on ``split`` (missing ones filled), through the data format."""
+    from cvmtl.data.formats import list_ids, load_sample
 
-    ids = read_split(root / "splits" / f"{split}.txt")
-    if what == "depth":
-        return [read_depth_png(root / "depth" / f"{i}.png", i) for i in ids]
-    return [read_normal_png(root / "normals" / f"{i}.png", i) for i in ids]
+    root, fmt, n = cfg.data.root, cfg.data.format, cfg.data.num_classes
+    return [load_sample(root, fmt, split, i, [task], n)[task] for i in list_ids(root, fmt, split)]
+
+
+def colour_floor(cfg: Config, task: str) -> dict[str, float]:
+    """The synthetic scenes' colour-only classifier (for the dataset's own classes)."""
+    from cvmtl.data.synthetic import colour_only_miou
+
+    return {"miou": colour_only_miou(Path(cfg.data.root), cfg.data.train_split,
+                                     cfg.data.test_split)[0]}  # fmt: skip
+
+
+def mean_floor(cfg: Config, task: str) -> dict[str, float]:
+    """Predict the per-pixel mean of the train labels (labelled pixels only; a pixel never
+    labelled gets the overall mean of a scalar, the zero vector of a vector label)."""
+    spec = get_task(task)
+    fill = spec.label.fill
+    train = np.stack(_labels(cfg, cfg.data.train_split, task)).astype(np.float64)
+    known = train != fill if train.ndim == 3 else np.any(train != fill, axis=3, keepdims=True)
+    count = known.sum(0)
+    mean = np.where(known, train, 0.0).sum(0) / np.maximum(count, 1)
+    if spec.label.channels == 1:
+        mean = np.where(count > 0, mean, train[known].mean() if known.any() else fill)
+    pred = spec.label.to_tensor(mean.astype(np.float32))[None]
+    metric = spec.metric(spec.out_channels(cfg.data.num_classes), cfg.eval)
+    for target in _labels(cfg, cfg.data.test_split, task):
+        metric.update(pred, spec.label.to_tensor(target)[None])
+    return metric.compute()
+
+
+def floor_kind(task: str) -> Any:
+    """The trivial predictor of a task by label kind (None: no floor): the colour classifier
+    for the dataset's classes, the train mean for float labels (``extras["floor"]`` wins)."""
+    spec = get_task(task)
+    if "floor" in spec.extras:
+        return spec.extras["floor"]
+    if spec.label == CLASSES and spec.channels is None:
+        return colour_floor
+    return None if spec.label.integer else mean_floor
 
 
 def compute_floors(cfg: Config) -> dict[str, dict[str, float]]:
     """``{task: {metric: value}}`` of the trivial predictors on the test split (cvmtl format)."""
-    from cvmtl.metrics import DepthMetric, NormalMetric
-
-    root, floors = Path(cfg.data.root), {}
-    train, test = cfg.data.train_split, cfg.data.test_split
-    if "seg" in cfg.tasks:
-        from cvmtl.data.synthetic import colour_only_miou
-
-        floors["seg"] = {"miou": colour_only_miou(root, train, test)[0]}
-    if "depth" in cfg.tasks:
-        depths = np.stack(_read_split(root, train, "depth"))
-        valid = depths > 0
-        mean = np.where(valid, depths, 0).sum(0) / np.maximum(valid.sum(0), 1)
-        mean = np.where(valid.any(0), mean, depths[valid].mean()).astype(np.float32)
-        metric = DepthMetric()
-        for target in _read_split(root, test, "depth"):
-            metric.update(torch.from_numpy(mean)[None, None], torch.from_numpy(target)[None, None])
-        floors["depth"] = metric.compute()
-    if "normal" in cfg.tasks:
-        mean = np.stack(_read_split(root, train, "normal")).sum(0)  # invalid pixels are zeros
-        mean = torch.from_numpy(mean.astype(np.float32)).permute(2, 0, 1)[None]
-        metric = NormalMetric()
-        for target in _read_split(root, test, "normal"):
-            metric.update(mean, torch.from_numpy(target).permute(2, 0, 1)[None])
-        floors["normal"] = metric.compute()
+    floors = {}
+    for task in cfg.tasks:
+        floor = floor_kind(task)
+        if floor is not None:
+            floors[task] = floor(cfg, task)
     return floors
 
 

@@ -18,6 +18,8 @@ from torch import nn
 from cvmtl.engine.evaluator import evaluate
 from cvmtl.metrics.depth import scored_depth
 from cvmtl.metrics.normals import scored_angles
+from cvmtl.tasks import get_task
+from cvmtl.tasks.spec import DEPTH
 
 
 class DepthBins:
@@ -89,25 +91,32 @@ class AngleHistogram:
         return {"edges": self.edges.tolist(), "count": self.count.tolist()}
 
 
+def report_histograms(tasks: list[str], cfg: Any) -> dict[str, tuple[str, Any]]:
+    """``{stat name: (task, histogram)}`` by label kind: depth error by distance for the first
+    depth-labelled task, the angle-error histogram for the first unit-vector task."""
+    parts: dict[str, tuple[str, Any]] = {}
+    for task in tasks:
+        label = get_task(task).label
+        if label == DEPTH and "depth_bins" not in parts:
+            parts["depth_bins"] = (task, DepthBins(cfg.eval.min_depth, cfg.eval.max_depth))
+        elif label.unit_vector and label.channels == 3 and "angle_hist" not in parts:
+            parts["angle_hist"] = (task, AngleHistogram())
+    return parts
+
+
 class ReportStats:
     """The report's histograms as an evaluator of the evaluation loop: ``update(preds,
     targets)`` per batch, ``compute()`` -> ``{"depth_bins", "angle_hist"}`` (those it has)."""
 
     def __init__(self, tasks: list[str], cfg: Any) -> None:
-        self.parts: dict[str, Any] = {}
-        if "depth" in tasks:
-            self.parts["depth_bins"] = DepthBins(cfg.eval.min_depth, cfg.eval.max_depth)
-        if "normal" in tasks:
-            self.parts["angle_hist"] = AngleHistogram()
+        self.parts = report_histograms(tasks, cfg)
 
     def update(self, preds: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> None:
-        if "depth_bins" in self.parts:
-            self.parts["depth_bins"].update(preds["depth"], targets["depth"])
-        if "angle_hist" in self.parts:
-            self.parts["angle_hist"].update(preds["normal"], targets["normal"])
+        for task, part in self.parts.values():
+            part.update(preds[task], targets[task])
 
     def compute(self) -> dict[str, Any]:
-        return {name: part.compute() for name, part in self.parts.items()}
+        return {name: part.compute() for name, (_, part) in self.parts.items()}
 
 
 def evaluate_with_stats(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cvmtl.config import Config, load_config
+from cvmtl.tasks import TASKS
 
 # name -> overrides on top of the base config; "fixed" doubles as the hard-sharing reference.
 VARIANTS: dict[str, list[str]] = {
@@ -34,18 +35,21 @@ VARIANTS: dict[str, list[str]] = {
     "nash_mtl": ["loss.balancer=nash_mtl"],
     "soft": ["loss.balancer=fixed", "model.sharing=soft"],
 }
-# Columns of the table: (task, metric, higher is better).
-COLUMNS = [
-    ("seg", "miou", True),
-    ("seg", "pixel_acc", True),
-    ("depth", "abs_err", False),
-    ("depth", "rel_err", False),
-    ("normal", "mean", False),
-    ("normal", "median", False),
-    ("normal", "a11", True),
-    ("normal", "a22", True),
-    ("normal", "a30", True),
-]
+
+
+def table_columns(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The table's columns ``(task, metric, higher is better)``: every task's delta_m metrics
+    (``spec.delta_metrics``), tasks in the compared config's order (results.json's
+    ``config.tasks``; else those the records hold, in registry order)."""
+    tasks = list((results.get("config") or {}).get("tasks") or [])
+    if not tasks:
+        held: set[str] = set()
+        for record in list(results.get("baselines", {}).values()):
+            held |= set(record)
+        for run in results.get("runs", {}).values():
+            held |= set(run.get("test", {}))
+        tasks = [t for t in TASKS if t in held]
+    return [(t, m, h) for t in tasks if t in TASKS for m, h in TASKS[t].delta_metrics.items()]
 
 
 def load_results(out: Path) -> dict[str, Any]:
@@ -147,7 +151,9 @@ def compare(
     out = Path(out)
     base = load_config(config, list(overrides))
     results = load_results(out)
-    results["config"] = {"path": str(config), "overrides": list(overrides)}
+    results["config"] = {
+        "path": str(config), "overrides": list(overrides), "tasks": list(base.tasks),
+    }  # fmt: skip
     for seed in seeds:
         todo = [v for v in variants if f"{v}/seed{seed}" not in results["runs"]]
         if not todo:
@@ -185,14 +191,15 @@ def results_table(results: dict[str, Any]) -> str:
     ``min/run``: the median minutes of the runs that were not resumed.
     """
     digits = {"abs_err": 3, "rel_err": 3}
-    head = ["method", "seeds"] + [f"{t} {m} {'↑' if h else '↓'}" for t, m, h in COLUMNS]
+    columns = table_columns(results)
+    head = ["method", "seeds"] + [f"{t} {m} {'↑' if h else '↓'}" for t, m, h in columns]
     head += ["Δm % ↑", "Δm − fixed ↑", "min/run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = results.get("baselines", {})
     if base:
         cells = [
             _cell([b[t][m] for b in base.values() if m in b.get(t, {})], digits.get(m, 2))
-            for t, m, _ in COLUMNS
+            for t, m, _ in columns
         ]
         lines.append(f"| single-task | {len(base)} | " + " | ".join(cells) + " | 0 | - | - |")
     runs_all = results.get("runs", {}).values()
@@ -206,7 +213,7 @@ def results_table(results: dict[str, Any]) -> str:
         runs = [r for r in runs_all if r["variant"] == name]
         cells = [
             _cell([r["test"][t][m] for r in runs if m in r["test"].get(t, {})], digits.get(m, 2))
-            for t, m, _ in COLUMNS
+            for t, m, _ in columns
         ]
         dm = _cell([r["delta_m"]["overall"] for r in runs if r["delta_m"]], 2)
         paired = [

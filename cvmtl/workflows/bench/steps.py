@@ -21,36 +21,48 @@ from cvmtl.precision import (
     precision_info,
     resolve_precision,
 )
+from cvmtl.tasks import TaskSpec, get_task
 
 TrainStep = Callable[[nn.Module, dict[str, Any], torch.optim.Optimizer], Any]
+
+
+def random_label(spec: TaskSpec, cfg: Config, n: int, h: int, w: int, g: torch.Generator):
+    """A random label batch of ``spec``'s kind in the batch contract: class ids below the head's
+    channel count, 0/1 binary maps, positive values up to ``model.max_depth`` for scalars,
+    unit (or Gaussian) vectors."""
+    label = spec.label
+    if label.integer:
+        classes = 2 if spec.channels == 1 else spec.out_channels(cfg.data.num_classes)
+        return torch.randint(0, classes, (n, h, w), generator=g)
+    if label.channels == 1:
+        return torch.rand(n, 1, h, w, generator=g) * float(getattr(cfg.model, "max_depth", 1.0))
+    v = torch.randn(n, label.channels, h, w, generator=g)
+    return F.normalize(v, dim=1) if label.unit_vector else v
 
 
 def random_batch(cfg: Config, batch_size: int, device: torch.device) -> dict[str, Any]:
     """A batch in the batch contract with random values at ``data.crop``."""
     h, w = cfg.data.crop
     g = torch.Generator().manual_seed(0)
-    batch = {
-        "image": torch.randn(batch_size, 3, h, w, generator=g),
-        "seg": torch.randint(0, cfg.data.num_classes, (batch_size, h, w), generator=g),
-        "depth": torch.rand(batch_size, 1, h, w, generator=g) * cfg.model.max_depth,
-        "normal": F.normalize(torch.randn(batch_size, 3, h, w, generator=g), dim=1),
-    }
+    batch = {"image": torch.randn(batch_size, 3, h, w, generator=g)}
+    for task in cfg.tasks:
+        batch[task] = random_label(get_task(task), cfg, batch_size, h, w, g)
     batch = {k: v.to(device) for k, v in batch.items()}
     batch["has"] = {t: torch.ones(batch_size, dtype=torch.bool, device=device) for t in cfg.tasks}
     return batch
 
 
-def simple_losses(preds: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Plain per-task losses: cross-entropy, masked L1 depth, 1 - cosine normals."""
+def simple_losses(
+    preds: dict[str, torch.Tensor], batch: dict[str, Any], cfg: Config
+) -> dict[str, torch.Tensor]:
+    """Plain per-task losses: each task's own ``spec.loss`` terms over their weights (in float32,
+    every image labelled), without the engine's balancer, accumulation or DDP reductions."""
     losses = {}
-    for task, pred in preds.items():
-        if task == "seg":
-            losses[task] = F.cross_entropy(pred.float(), batch["seg"], ignore_index=255)
-        elif task == "depth":
-            valid = batch["depth"] > 0
-            losses[task] = (pred.float() - batch["depth"]).abs()[valid].mean()
-        elif task == "normal":
-            losses[task] = (1 - (pred.float() * batch["normal"]).sum(1)).mean()
+    for task in cfg.tasks:  # not preds: a model may add outputs of its own (deep supervision)
+        spec = get_task(task)
+        target, labeled = batch[task], batch["has"][task]
+        terms, weights = spec.loss(preds[task].float(), target, labeled, cfg)
+        losses[task] = terms.sum() / weights.sum().clamp_min(1e-12)
     return losses
 
 
@@ -65,7 +77,7 @@ def simple_train_step(cfg: Config, device: torch.device) -> TrainStep:
             image = image.contiguous(memory_format=torch.channels_last)
         with autocast_context(cfg.train.amp, device):
             preds = model(image)
-        loss = sum(simple_losses(preds, batch).values()) + model.regularization()
+        loss = sum(simple_losses(preds, batch, cfg).values()) + model.regularization()
         loss.backward()
         optimizer.step()
         return loss.detach()

@@ -16,14 +16,21 @@ import yaml
 from cvmtl.config import Config, ConfigError, parse_override
 from cvmtl.workflows.bench.steps import with_values
 
-# Small by default: about 10 points, a few minutes on two CPU cores at iters=3.
+# Small by default: about 10 points, a few minutes on two CPU cores at iters=3. The task lists
+# come from the config (default_grid): its first task, its first two, ..., all of them.
 DEFAULT_GRID: dict[str, list[Any]] = {
     "data.crop": [[144, 192], [216, 288], [288, 384]],
     "train.batch_size": [2, 4, 8],
-    "tasks": [["seg"], ["seg", "depth"], ["seg", "depth", "normal"]],
     "loss.balancer": ["fixed", "mgda"],
     "loss.grad_source": ["features", "params"],
 }
+
+
+def default_grid(cfg: Config) -> dict[str, list[Any]]:
+    """DEFAULT_GRID plus ``tasks``: the growing prefixes of the config's task list."""
+    tasks = [list(cfg.tasks[: i + 1]) for i in range(len(cfg.tasks))]
+    crop, batch, *rest = DEFAULT_GRID.items()  # the tasks axis third, as the table reads best
+    return dict([crop, batch, ("tasks", tasks), *rest])
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
@@ -74,7 +81,7 @@ def run_sweep(
     memory, forward FLOPs per image, and megapixels/s (for linearity in pixels and batch)."""
     from cvmtl.workflows.benchmark import run_benchmark
 
-    grid = grid or DEFAULT_GRID
+    grid = grid or default_grid(cfg)
     rows = []
     for point in grid_points(cfg, grid, mode):
         pcfg = with_values(cfg, point)
