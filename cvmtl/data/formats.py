@@ -1,9 +1,16 @@
 """Readers of the supported on-disk formats -> raw numpy samples (see data/README.md).
 
-A raw sample: ``image`` uint8 HxWx3 RGB, ``seg`` int64 HxW (255 = ignore), ``depth`` float32 HxW
-metres (0 = invalid), ``normal`` float32 HxWx3 (all-zero = invalid), ``has`` {task: bool} and
-``meta`` {id, size [H, W], path}. A missing label file gives ``has[task] = False`` and a filled
-target; anything malformed raises :class:`DataError` naming the file and the id.
+A raw sample: ``image`` uint8 HxWx3 RGB, one label per asked task shaped as its
+:class:`~cvmtl.tasks.spec.LabelKind` says (``seg`` int64 HxW, 255 = ignore; ``depth`` float32
+HxW metres, 0 = invalid; ``normal`` float32 HxWx3, all-zero = invalid; ``edge`` / ``saliency``
+int64 0 / 1; ...), ``has`` {task: bool} and ``meta`` {id, size [H, W], path}. A missing label
+file gives ``has[task] = False`` and the task's empty label (``get_task(t).label.empty``);
+anything malformed raises :class:`DataError` naming the file and the id.
+
+Formats and the tasks they have labels for (the files: ``format_readers.py``, ``pascal_mt.py``,
+``cityscapes.py``): ``cvmtl`` any registered task; ``nyuv2_npy`` seg, depth, normal; ``nyud_mt``
+seg, depth, normal, edge; ``pascal_mt`` seg, parts, saliency, normal, edge; ``cityscapes_npy``
+seg, disparity; ``cityscapes`` seg, disparity, depth.
 """
 
 from __future__ import annotations
@@ -13,20 +20,38 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from cvmtl.data import io
+from cvmtl.data import cityscapes, io, pascal_mt
+from cvmtl.data.format_readers import read_cvmtl, read_nyud_mt, read_nyuv2_npy
 from cvmtl.data.io import DataError
 from cvmtl.data.nyuv2 import IGNORE_INDEX, NYU_INTRINSICS, classes_and_palette
+from cvmtl.tasks.registry import DEFAULT_TASKS, get_task
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("cvmtl", "nyuv2_npy", "nyud_mt")
-TASKS = ("seg", "depth", "normal")
-DEFAULT_CLASSES = {"cvmtl": 13, "nyuv2_npy": 13, "nyud_mt": 40}
+FORMATS = ("cvmtl", "nyuv2_npy", "nyud_mt", "pascal_mt", "cityscapes_npy", "cityscapes")
+TASKS = DEFAULT_TASKS
+# The tasks each format has labels for (None: any registered task).
+FORMAT_TASKS: dict[str, tuple[str, ...] | None] = {
+    "cvmtl": None,
+    "nyuv2_npy": ("seg", "depth", "normal"),
+    "nyud_mt": ("seg", "depth", "normal", "edge"),
+    "pascal_mt": pascal_mt.TASKS,
+    "cityscapes_npy": cityscapes.NPY_TASKS,
+    "cityscapes": cityscapes.TASKS,
+}
+DEFAULT_CLASSES = {
+    "cvmtl": 13, "nyuv2_npy": 13, "nyud_mt": 40, "pascal_mt": 21, "cityscapes_npy": 7,
+    "cityscapes": 19,
+}  # fmt: skip
+_HINTS = {("cityscapes_npy", "depth"): " (its depth/ folder holds inverse depth: ask 'disparity')"}
+NUMBERED = ("nyuv2_npy", "cityscapes_npy")  # {split}/image/{i}.npy folders, ids 0, 1, ...
 
-__all__ = ["DataError", "FORMATS", "list_ids", "load_dataset_info", "load_sample", "split_source"]
+__all__ = [
+    "DataError", "FORMATS", "FORMAT_TASKS", "list_ids", "load_dataset_info", "load_sample",
+    "split_source",
+]  # fmt: skip
 
 
 def _check_format(format: str) -> None:
@@ -34,21 +59,35 @@ def _check_format(format: str) -> None:
         raise ValueError(f"unknown data format {format!r} (available: {', '.join(FORMATS)})")
 
 
-def load_dataset_info(root: Path | str, format: str) -> dict[str, Any]:
+def _classes(format: str, num_classes: int | None) -> tuple[list[str], list[list[int]]]:
+    n = num_classes or DEFAULT_CLASSES[format]
+    if format == "pascal_mt":
+        return list(pascal_mt.VOC_CLASSES), pascal_mt.voc_palette(21)
+    if format.startswith("cityscapes"):
+        return cityscapes.classes_and_palette(n if n in (7, 19) else DEFAULT_CLASSES[format])
+    return classes_and_palette(DEFAULT_CLASSES[format])
+
+
+def load_dataset_info(
+    root: Path | str, format: str, num_classes: int | None = None
+) -> dict[str, Any]:
     """name, classes, palette, ignore_index, depth_scale, intrinsics of a dataset.
 
     ``cvmtl`` reads ``root/dataset.yaml`` (NYU-13 defaults where it is absent); ``nyuv2_npy`` is
-    NYU-13 and ``nyud_mt`` NYU-40, both at the NYU intrinsics (of the 480x640 frames).
+    NYU-13 and ``nyud_mt`` NYU-40, both at the NYU intrinsics (of the 480x640 frames);
+    ``pascal_mt`` the 21 VOC classes; Cityscapes 7 categories (``cityscapes_npy``) or 19 classes
+    (``cityscapes``) unless ``num_classes`` picks the other set; no intrinsics (they vary by city).
     """
     _check_format(format)
-    classes, palette = classes_and_palette(DEFAULT_CLASSES[format])
+    classes, palette = _classes(format, num_classes)
+    nyu = format in ("cvmtl", "nyud_mt")  # nyuv2_npy is 288x384: not the 480x640 intrinsics
     info: dict[str, Any] = {
         "name": Path(root).name,
         "classes": classes,
         "palette": palette,
         "ignore_index": IGNORE_INDEX,
         "depth_scale": io.DEPTH_SCALE,
-        "intrinsics": None if format == "nyuv2_npy" else dict(NYU_INTRINSICS),  # npy is 288x384
+        "intrinsics": dict(NYU_INTRINSICS) if nyu else None,
     }
     path = Path(root) / "dataset.yaml"
     if format != "cvmtl":
@@ -73,13 +112,18 @@ def load_dataset_info(root: Path | str, format: str) -> dict[str, Any]:
 
 
 def split_source(root: Path | str, format: str, split: str) -> Path:
-    """The file (cvmtl, nyud_mt) or folder (nyuv2_npy) that defines ``split``."""
+    """The file or folder that defines ``split`` (``test`` is ``val`` where the format's val is
+    the standard test split: nyuv2_npy, nyud_mt without a test list, pascal_mt, Cityscapes)."""
     _check_format(format)
     root = Path(root)
     if format == "cvmtl":
         return root / "splits" / f"{split}.txt"
-    if format == "nyuv2_npy":
+    if format in NUMBERED:
         return root / ("val" if split == "test" else split)
+    if format == "pascal_mt":
+        return pascal_mt.split_file(root, split)
+    if format == "cityscapes":
+        return root / "leftImg8bit" / cityscapes.split_folder(split)
     path = root / "gt_sets" / f"{split}.txt"
     if split == "test" and not path.is_file():
         return root / "gt_sets" / "val.txt"  # nyud_mt's val is the standard test split
@@ -89,7 +133,9 @@ def split_source(root: Path | str, format: str, split: str) -> Path:
 def list_ids(root: Path | str, format: str, split: str) -> list[str]:
     """The ids of ``split``; a missing split is a DataError listing the splits that exist."""
     source = split_source(root, format, split)
-    if format == "nyuv2_npy":
+    if format == "cityscapes":
+        return cityscapes.list_official_ids(Path(root), split)
+    if format in NUMBERED:
         folder = source / "image"
         if not folder.is_dir():
             raise DataError(f"split {split!r} not found: {folder} is missing (splits: train, val)")
@@ -104,150 +150,18 @@ def list_ids(root: Path | str, format: str, split: str) -> list[str]:
     return ids
 
 
-def _check_seg(seg: np.ndarray, num_classes: int, path: Path, sid: str) -> np.ndarray:
-    if seg.min(initial=0) >= 0 and seg.max(initial=0) < num_classes:  # the common case, cheap
-        return seg.astype(np.int64, copy=False)
-    bad = (seg != IGNORE_INDEX) & ((seg < 0) | (seg >= num_classes))
-    if bad.any():
-        values = np.unique(seg[bad])[:5].tolist()
-        raise DataError(
-            f"segmentation labels {values} outside 0..{num_classes - 1} (255 = ignore): "
-            f"{path} (id {sid!r})"
-        )
-    return seg.astype(np.int64, copy=False)
-
-
-def _clean_depth(depth: np.ndarray) -> np.ndarray:
-    # NaN / inf / negative depth means "no measurement": 0 is the invalid value everywhere.
-    depth = depth.astype(np.float32, copy=False)
-    return np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(0))
-
-
-def _clean_normal(normal: np.ndarray) -> np.ndarray:
-    normal = normal.astype(np.float32, copy=False)
-    finite = np.isfinite(normal).all(axis=2, keepdims=True)
-    return np.where(finite, normal, np.float32(0))
-
-
-def _load_npy(path: Path, sid: str, what: str, kinds: str, shapes: Sequence[int]) -> np.ndarray:
-    """np.load with checks: dtype kind in ``kinds``, ndim in ``shapes``."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{what} missing: {path} (id {sid!r})") from None
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{what} unreadable: {path} (id {sid!r}): {err}") from None
-    if (
-        not isinstance(array, np.ndarray)
-        or array.dtype.kind not in kinds
-        or array.ndim not in shapes
-    ):
-        raise DataError(
-            f"{what} has dtype {getattr(array, 'dtype', '?')} shape {getattr(array, 'shape', '?')}"
-            f" (expected {'float' if kinds == 'f' else 'numeric'} with {shapes} dims): "
-            f"{path} (id {sid!r})"
-        )
-    return array
-
-
-def _read_cvmtl(root: Path, sid: str, tasks: Sequence[str], num_classes: int, info: dict) -> dict:
-    image_path = root / "images" / f"{sid}.png"
-    if not image_path.is_file() and (root / "images" / f"{sid}.jpg").is_file():
-        image_path = root / "images" / f"{sid}.jpg"
-    sample: dict[str, Any] = {"image": io.read_image(image_path, sid), "_path": image_path}
-    files = {
-        "seg": root / "segmentation" / f"{sid}.png",
-        "depth": root / "depth" / f"{sid}.png",
-        "normal": root / "normals" / f"{sid}.png",
-    }
-    for task in tasks:
-        path = files[task]
-        if not path.is_file():
-            continue
-        if task == "seg":
-            sample[task] = _check_seg(io.read_seg_png(path, sid), num_classes, path, sid)
-        elif task == "depth":
-            sample[task] = io.read_depth_png(path, sid, float(info.get("depth_scale", 1000.0)))
-        else:
-            sample[task] = io.read_normal_png(path, sid)
-        sample[f"_{task}_path"] = path
-    return sample
-
-
-def _read_nyuv2_npy(root: Path, sid: str, tasks: Sequence[str], num_classes: int) -> dict:
-    def path(kind: str) -> Path:
-        return root / kind / f"{sid}.npy"
-
-    image = _load_npy(path("image"), sid, "image", "f", (3,))
-    if image.shape[2] != 3:
-        raise DataError(
-            f"image has shape {image.shape}, expected HxWx3: {path('image')} (id {sid!r})"
-        )
-    if np.nanmin(image) < -1e-3 or np.nanmax(image) > 1 + 1e-3:
-        raise DataError(f"image values outside [0, 1]: {path('image')} (id {sid!r})")
-    image = np.round(np.clip(np.nan_to_num(image), 0, 1) * 255).astype(np.uint8)
-    sample: dict[str, Any] = {"image": image, "_path": path("image")}
-    folders = {"seg": "label", "depth": "depth", "normal": "normal"}
-    for task in tasks:
-        p = path(folders[task])
-        if not p.is_file():
-            continue
-        if task == "seg":
-            label = _load_npy(p, sid, "label", "fiu", (2,))
-            if not np.array_equal(label, np.round(label)):
-                raise DataError(f"label has non-integer values: {p} (id {sid!r})")
-            seg = np.where(label == -1, IGNORE_INDEX, label).astype(np.int64)
-            sample[task] = _check_seg(seg, num_classes, p, sid)
-        elif task == "depth":
-            depth = _load_npy(p, sid, "depth", "f", (2, 3))
-            if depth.ndim == 3 and depth.shape[2] != 1:
-                raise DataError(
-                    f"depth has shape {depth.shape}, expected HxW[x1]: {p} (id {sid!r})"
-                )
-            sample[task] = _clean_depth(depth.reshape(depth.shape[:2]))
-        else:
-            normal = _load_npy(p, sid, "normal", "f", (3,))
-            if normal.shape[2] != 3:
-                raise DataError(
-                    f"normal has shape {normal.shape}, expected HxWx3: {p} (id {sid!r})"
-                )
-            sample[task] = _clean_normal(normal)
-        sample[f"_{task}_path"] = p
-    return sample
-
-
-def _read_nyud_mt(root: Path, sid: str, tasks: Sequence[str], num_classes: int) -> dict:
-    image_path = root / "images" / f"{sid}.jpg"
-    if not image_path.is_file() and (root / "images" / f"{sid}.png").is_file():
-        image_path = root / "images" / f"{sid}.png"
-    sample: dict[str, Any] = {"image": io.read_image(image_path, sid), "_path": image_path}
-    for task in tasks:
-        if task == "seg":
-            p = root / "segmentation" / f"{sid}.png"
-            if p.is_file():
-                raw = io.read_seg_png(p, sid)  # 0 = void, 1..40 -> 0..39
-                sample[task] = _check_seg(
-                    np.where(raw == 0, IGNORE_INDEX + 1, raw) - 1, num_classes, p, sid
-                )
-        elif task == "depth":
-            p = root / "depth" / f"{sid}.npy"
-            if p.is_file():
-                depth = _load_npy(p, sid, "depth", "f", (2, 3))
-                if depth.ndim == 3 and depth.shape[2] != 1:
-                    raise DataError(f"depth has shape {depth.shape}: {p} (id {sid!r})")
-                sample[task] = _clean_depth(depth.reshape(depth.shape[:2]))
-        else:
-            p = root / "normals" / f"{sid}.npy"
-            if p.is_file():
-                normal = _load_npy(p, sid, "normals", "f", (3,))
-                if normal.shape[2] != 3:
-                    raise DataError(f"normals have shape {normal.shape}: {p} (id {sid!r})")
-                sample[task] = _clean_normal(normal)
-            elif (p := p.with_suffix(".png")).is_file():
-                sample[task] = io.read_normal_png(p, sid)  # 8-bit: n = 2 v / 255 - 1
-        if task in sample:
-            sample[f"_{task}_path"] = p
-    return sample
+def _read(root: Path, format: str, split: str, sid: str, tasks: Sequence[str], n: int, info):
+    if format == "cvmtl":
+        return read_cvmtl(root, sid, tasks, n, info or {})
+    if format == "nyuv2_npy":
+        return read_nyuv2_npy(split_source(root, format, split), sid, tasks, n)
+    if format == "nyud_mt":
+        return read_nyud_mt(root, sid, tasks, n)
+    if format == "pascal_mt":
+        return pascal_mt.read_pascal_mt(root, sid, tasks, n)
+    if format == "cityscapes_npy":
+        return cityscapes.read_cityscapes_npy(split_source(root, format, split), sid, tasks, n)
+    return cityscapes.read_cityscapes(root, split, sid, tasks, n)
 
 
 def load_sample(
@@ -261,33 +175,28 @@ def load_sample(
 ) -> dict[str, Any]:
     """Read one raw sample of ``tasks``; missing labels are filled and flagged in ``has``."""
     _check_format(format)
-    root = Path(root)
+    specs = {task: get_task(task) for task in tasks}  # an unknown task is a ValueError
+    provided = FORMAT_TASKS[format]
+    for task in tasks:
+        if provided is not None and task not in provided:
+            raise ValueError(
+                f"data.format {format} has no {task!r} labels{_HINTS.get((format, task), '')} "
+                f"(it has: {', '.join(provided)})"
+            )
     num_classes = num_classes or DEFAULT_CLASSES[format]
-    if format == "cvmtl":
-        raw = _read_cvmtl(root, sample_id, tasks, num_classes, info or {})
-    elif format == "nyuv2_npy":
-        raw = _read_nyuv2_npy(split_source(root, format, split), sample_id, tasks, num_classes)
-    else:
-        raw = _read_nyud_mt(root, sample_id, tasks, num_classes)
+    raw = _read(Path(root), format, split, sample_id, tasks, num_classes, info)
     image = raw["image"]
     h, w = image.shape[:2]
     sample: dict[str, Any] = {"image": image}
-    fills = {
-        "seg": lambda: np.full((h, w), IGNORE_INDEX, np.int64),
-        "depth": lambda: np.zeros((h, w), np.float32),
-        "normal": lambda: np.zeros((h, w, 3), np.float32),
-    }  # format: skip
     has = {}
-    for task in tasks:
-        if task not in fills:
-            raise ValueError(f"unknown task {task!r} (available: {', '.join(TASKS)})")
+    for task, spec in specs.items():
         has[task] = task in raw
         if has[task] and raw[task].shape[:2] != (h, w):
             raise DataError(
                 f"{task} is {raw[task].shape[0]}x{raw[task].shape[1]}, the image {h}x{w}: "
                 f"{raw[f'_{task}_path']} (id {sample_id!r})"
             )
-        sample[task] = raw[task] if has[task] else fills[task]()
+        sample[task] = raw[task] if has[task] else spec.label.empty(h, w)
     sample["has"] = has
     sample["meta"] = {"id": str(sample_id), "size": [int(h), int(w)], "path": str(raw["_path"])}
     return sample
