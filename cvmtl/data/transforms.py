@@ -134,6 +134,8 @@ def _relabel(
             positive = warped == 1
             warped[positive & ~thin(positive)] = 0  # unknown (255) stays where it was
         return warped
+    # A nonzero fill (0 is kept by every step below) marks the same pixels afterwards.
+    unknown = warped == label.fill if label.fill != 0 else None
     power = label.scale_power
     if power > 0:
         warped = warped * np.float32(scale**power)
@@ -143,6 +145,8 @@ def _relabel(
         warped = warped * np.asarray(label.flip_sign, np.float32)
     if label.unit_vector:
         warped = renormalize(warped)
+    if unknown is not None:
+        warped[unknown] = label.fill
     return warped
 
 
