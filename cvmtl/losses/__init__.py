@@ -47,6 +47,9 @@ def pixel_counts(batch: dict, cfg, device: torch.device) -> torch.Tensor:
     return torch.stack(counts)
 
 
+AUX = "aux"  # the models' deep-supervision key (cvmtl.models.arch.common.AUX)
+
+
 def compute_losses(
     preds: dict, batch: dict, cfg, denominators: dict[str, torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
@@ -58,49 +61,80 @@ def compute_losses(
     ``denominators`` ``{task: global count}`` (see :func:`pixel_counts`) replaces the batch's own
     counts, for a step whose mean runs over several micro-batches; then only the tasks it names are
     computed, and no host read is made.
+
+    Deep supervision: ``preds["aux"]`` ``{task: prediction or list of predictions}`` (the initial
+    predictions of ``model.arch=padnet`` / ``mtinet`` in training mode) adds
+    ``loss.aux_weight * loss(aux prediction)`` to the task's loss, each computed exactly as the
+    task's own (same targets, masks and global means).
     """
     tasks = [t for t in cfg.tasks if t in preds]
     if denominators is not None:
         tasks = [t for t in tasks if t in denominators]
-    local: dict[str, torch.Tensor] = {}
-    stats: list[torch.Tensor] = []  # per task: [sum, count, sum_g] (sum_g only used by silog)
-    silog: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    entries = _entries(preds, tasks, cfg)
     with torch.autocast(device_type=_device_type(preds), enabled=False):
-        for task in tasks:
-            pred = preds[task]
-            target = batch[task].to(pred.device)
-            labeled = labeled_mask(batch, task, pred.shape[0], pred.device)
-            spec = get_task(task)
-            if spec.extras.get("silog", lambda cfg: False)(cfg):
-                valid = spec.loss_weights(target, labeled, cfg) > 0
-                g = safe_log(pred.float(), valid) - safe_log(target.float(), valid)
-                g = torch.where(valid, g, torch.zeros_like(g))
-                sq, s = (g * g).sum(), g.sum()
-                silog[task] = (sq, s)
-                stats.append(torch.stack([sq.detach(), valid.float().sum(), s.detach()]))
-                continue
-            terms, denom = spec.loss(pred, target, labeled, cfg)
-            local[task] = terms.sum()
-            stats.append(torch.stack([local[task].detach(), denom.sum(), denom.new_zeros(())]))
         if not tasks:
             return {}
+        local, silog, stats = _local_sums(entries, batch, cfg)
         # float64: a float32 pixel count stops being exact past 2^24 (a few large DDP batches)
-        totals = all_reduce_sum(torch.stack(stats).double())  # [T, 3]: global sums, counts
+        totals = all_reduce_sum(torch.stack(stats).double())  # [E, 3]: global sums, counts
         if denominators is None:
             # The one host read: which tasks are present. It stays (rather than weighting absent
             # tasks 0 on the device): the balancers' contract is a dict of the present tasks,
             # and their state (DWA / FAMO / GLS / RLW histories, gradient balancers' active rows)
-            # is updated for those only.
-            present = [c > 0 for c in totals[:, 1].tolist()]
+            # is updated for those only. Auxiliary entries share their task's count.
             counts = totals[:, 1]
+            present: dict[str, bool] = {}
+            for entry, count in zip(entries, counts.tolist()):
+                present.setdefault(entry[0], count > 0)
         else:
-            present = [True] * len(tasks)
-            counts = torch.stack([denominators[t].to(totals) for t in tasks])
-        return {
-            task: _global_loss(local.get(task), silog.get(task), totals[i], counts[i])
-            for i, task in enumerate(tasks)
-            if present[i]
-        }
+            present = dict.fromkeys(tasks, True)
+            counts = torch.stack([denominators[e[0]].to(totals) for e in entries])
+        out: dict[str, torch.Tensor] = {}
+        for i, (task, weight, _) in enumerate(entries):
+            if present[task]:
+                loss = _global_loss(local[i], silog[i], totals[i], counts[i])
+                out[task] = loss if task not in out else out[task] + weight * loss
+        return out
+
+
+def _entries(preds: dict, tasks: list[str], cfg) -> list[tuple[str, float, torch.Tensor]]:
+    """``(task, weight, prediction)``: each task's prediction (weight 1) first, then its
+    auxiliary ones (weight ``loss.aux_weight``; kept at weight 0 so that every head still takes
+    part in the backward pass, as DDP requires)."""
+    aux = preds.get(AUX) or {}
+    weight = float(getattr(cfg.loss, "aux_weight", 1.0))
+    entries = []
+    for task in tasks:
+        entries.append((task, 1.0, preds[task]))
+        extra = aux.get(task, [])
+        for pred in extra if isinstance(extra, (list, tuple)) else [extra]:
+            entries.append((task, weight, pred))
+    return entries
+
+
+def _local_sums(entries: list, batch: dict, cfg) -> tuple[list, list, list[torch.Tensor]]:
+    """Per entry: this rank's loss sum (or SILog's sums) and its ``[sum, count, sum_g]`` row."""
+    local: list[torch.Tensor | None] = []
+    silog: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+    stats: list[torch.Tensor] = []  # per entry: [sum, count, sum_g] (sum_g only used by silog)
+    for task, _, pred in entries:
+        target = batch[task].to(pred.device)
+        labeled = labeled_mask(batch, task, pred.shape[0], pred.device)
+        spec = get_task(task)
+        if spec.extras.get("silog", lambda cfg: False)(cfg):
+            valid = spec.loss_weights(target, labeled, cfg) > 0
+            g = safe_log(pred.float(), valid) - safe_log(target.float(), valid)
+            g = torch.where(valid, g, torch.zeros_like(g))
+            sq, s = (g * g).sum(), g.sum()
+            local.append(None)
+            silog.append((sq, s))
+            stats.append(torch.stack([sq.detach(), valid.float().sum(), s.detach()]))
+            continue
+        terms, denom = spec.loss(pred, target, labeled, cfg)
+        local.append(terms.sum())
+        silog.append(None)
+        stats.append(torch.stack([local[-1].detach(), denom.sum(), denom.new_zeros(())]))
+    return local, silog, stats
 
 
 def _global_loss(
@@ -124,7 +158,7 @@ def _global_loss(
 
 
 def _device_type(preds: dict) -> str:
-    for value in preds.values():
-        if isinstance(value, torch.Tensor):
+    for key, value in preds.items():
+        if isinstance(value, torch.Tensor) and key != AUX:
             return value.device.type
     return "cpu"

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cvmtl.config import Config
+from cvmtl.models.arch import ArchModel, build_arch
 from cvmtl.models.backbone import TimmBackbone
 from cvmtl.models.heads import build_head
 from cvmtl.models.multitask import MultiTaskModel, SoftSharingModel
@@ -58,11 +59,12 @@ def build_branch(
 
 def build_model(
     cfg: Config, backbone_kwargs: dict[str, Any] | None = None
-) -> MultiTaskModel | SoftSharingModel:
+) -> MultiTaskModel | SoftSharingModel | ArchModel:
     """The model ``cfg.model`` describes for ``cfg.tasks``.
 
-    ``model.sharing=hard``: one :class:`MultiTaskModel`; ``soft``: a :class:`SoftSharingModel`
-    with one branch per task. ``backbone_kwargs`` go to ``timm.create_model`` (e.g. a smaller
+    ``model.arch=fpn`` with ``model.sharing=hard``: one :class:`MultiTaskModel`; ``soft``: a
+    :class:`SoftSharingModel` with one branch per task; any other ``model.arch``: its model from
+    :mod:`cvmtl.models.arch`. ``backbone_kwargs`` go to ``timm.create_model`` (e.g. a smaller
     depth in tests). With ``model.init_from`` the checkpoint's matching weights are loaded and
     the names of skipped ones are logged and kept in ``model.init_skipped``.
     """
@@ -70,8 +72,11 @@ def build_model(
     if unknown or not cfg.tasks:
         raise ValueError(f"tasks: unknown {unknown or cfg.tasks} (available: {', '.join(TASKS)})")
     check_backbone_name(cfg.model.backbone)
-    if cfg.model.sharing == "hard":
-        model: MultiTaskModel | SoftSharingModel = build_branch(cfg, cfg.tasks, backbone_kwargs)
+    model: MultiTaskModel | SoftSharingModel | ArchModel
+    if cfg.model.arch != "fpn":
+        model = build_arch(cfg, backbone_kwargs)
+    elif cfg.model.sharing == "hard":
+        model = build_branch(cfg, cfg.tasks, backbone_kwargs)
     elif cfg.model.sharing == "soft":
         branches = {t: build_branch(cfg, [t], backbone_kwargs) for t in cfg.tasks}
         if not cfg.model.pretrained:  # start the copies equal, as pretrained copies are

@@ -1,0 +1,218 @@
+"""model.arch: every architecture builds, predicts every task at the input size, trains its
+parameters, splits them right into shared / per-task, and (where it has one) exposes a shared
+representation whose gradient path equals the full model's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cvmtl.config import Config, load_config
+from cvmtl.losses import AUX as LOSS_AUX
+from cvmtl.losses import compute_losses
+from cvmtl.models import build_model, load_matching
+from cvmtl.models.arch import AUX, ArchModel
+from cvmtl.tasks import get_task
+
+ARCHS = ["deeplab", "mtan", "cross_stitch", "padnet", "mtinet"]
+WITH_FEATURES = ["deeplab", "mtan", "padnet", "mtinet"]
+DEEP = {"padnet": 1, "mtinet": 4}  # auxiliary predictions per task (resnet18: 4 FPN levels)
+SIZE = (32, 48)
+SHALLOW = {"layers": [1, 1, 1, 1]}  # resnet18 with one block per stage: same stages, half the time
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_cfg(arch: str, *overrides: str) -> Config:
+    small = ["model.neck_channels=16", "model.head_channels=8", f"data.crop=[{SIZE[0]},{SIZE[1]}]"]
+    return load_config(None, [*small, f"model.arch={arch}", *overrides])
+
+
+def build(arch: str, *overrides: str) -> ArchModel:
+    torch.manual_seed(0)
+    return build_model(make_cfg(arch, *overrides), SHALLOW)
+
+
+def aux_list(out: dict, task: str) -> list[torch.Tensor]:
+    extra = out.get(AUX, {}).get(task, [])
+    return list(extra) if isinstance(extra, (list, tuple)) else [extra]
+
+
+def batch_for(cfg: Config, n: int = 2) -> dict:
+    g = torch.Generator().manual_seed(1)
+    h, w = SIZE
+    batch = {
+        "image": torch.randn(n, 3, h, w, generator=g),
+        "seg": torch.randint(0, cfg.data.num_classes, (n, h, w), generator=g),
+        "depth": torch.rand(n, 1, h, w, generator=g) * 5 + 0.5,
+        "normal": torch.nn.functional.normalize(torch.randn(n, 3, h, w, generator=g), dim=1),
+    }
+    batch["has"] = {t: torch.ones(n, dtype=torch.bool) for t in cfg.tasks}
+    return batch
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_arch_shapes_aux_and_gradients(arch: str) -> None:
+    model = build(arch)
+    assert isinstance(model, ArchModel) and model.tasks == ["seg", "depth", "normal"]
+    image = torch.randn(2, 3, 30, 45)  # not a stride multiple: padded, then cropped back
+    out = model.train()(image)
+    for task in model.tasks:
+        channels = get_task(task).out_channels(model.num_classes)
+        assert out[task].shape == (2, channels, 30, 45)
+        assert out[task].dtype == torch.float32
+        aux = aux_list(out, task)
+        assert len(aux) == DEEP.get(arch, 0)
+        assert all(a.shape == out[task].shape for a in aux)
+    assert (AUX in out) == (arch in DEEP)
+    loss = sum(out[t].square().mean() + sum(a.square().mean() for a in aux_list(out, t))
+               for t in model.tasks)  # fmt: skip
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing[:10]
+    with torch.no_grad():
+        assert set(model.eval()(image)) == set(model.tasks)  # eval / export: final ones only
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_and_task_parameters(arch: str) -> None:
+    """A task's loss reaches only the shared parameters and that task's own."""
+    model = build(arch, "tasks=[seg,depth]")
+    shared = {id(p) for p in model.shared_parameters()}
+    own = {t: {id(p) for p in model.task_parameters(t)} for t in model.tasks}
+    assert shared.isdisjoint(own["seg"] | own["depth"]) and own["seg"].isdisjoint(own["depth"])
+    assert shared | own["seg"] | own["depth"] == {id(p) for p in model.parameters()}
+    out = model.train()(torch.randn(2, 3, *SIZE))
+    (out["seg"].mean() + sum(a.mean() for a in aux_list(out, "seg"))).backward()
+    reached = {id(p) for p in model.parameters() if p.grad is not None}
+    assert reached <= shared | own["seg"] and own["seg"] <= reached
+    assert float(model.regularization()) == 0.0
+
+
+@pytest.mark.parametrize("arch", WITH_FEATURES)
+def test_features_path_equals_full_model(arch: str) -> None:
+    """``forward_heads(forward_features(x))`` is ``forward(x)``, and the two-stage backward of
+    features mode (heads down to a detached z, then z.backward) gives every parameter the same
+    gradient as one backward through the whole model: nothing bypasses the representation."""
+    model = build(arch).train()
+    cfg, image = make_cfg(arch), torch.randn(2, 3, *SIZE)
+
+    def objective(out: dict) -> torch.Tensor:
+        return sum(v for v in compute_losses(out, batch_for(cfg), cfg).values())
+
+    objective(model(image)).backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    z = model.forward_features(image)
+    zd = z.detach().requires_grad_()
+    objective(model.forward_heads(zd, image.shape[-2:])).backward()
+    z.backward(zd.grad)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, full[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_cross_stitch_refuses_features_mode_and_trains_in_params_mode() -> None:
+    from cvmtl.balancers import build_balancer
+    from cvmtl.engine.step import train_step
+
+    cfg = make_cfg("cross_stitch", "tasks=[seg,depth]", "train.amp=none")
+    model = build("cross_stitch", "tasks=[seg,depth]")
+    with pytest.raises(ValueError, match="loss.grad_source=params"):
+        model.forward_features(torch.randn(1, 3, *SIZE))
+    batch, opt = batch_for(cfg), torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match="loss.grad_source=params"):
+        train_step(model, batch, build_balancer("mgda", cfg.tasks), opt, None, cfg)
+    cfg.loss.grad_source = "params"
+    out = train_step(model, batch, build_balancer("mgda", cfg.tasks), opt, None, cfg)
+    assert not out["skipped"] and set(out["losses"]) == {"seg", "depth"}
+
+
+def test_cross_stitch_units_start_as_the_paper_says() -> None:
+    model = build("cross_stitch")  # 3 tasks: self 0.9, the others 0.1 / 2 each
+    columns = model.backbone.columns
+    assert len(model.backbone.stitches) == len(columns["seg"].strides) - 1 == 3
+    for unit in model.backbone.stitches.values():
+        a = unit.alpha.detach()
+        assert torch.allclose(a.diagonal(dim1=0, dim2=1), torch.full_like(a[0], 0.9).T)
+        assert torch.allclose(a.sum(dim=1), torch.ones_like(a[:, 0]))
+    seg, depth = columns["seg"].state_dict(), columns["depth"].state_dict()
+    assert all(torch.equal(seg[k], depth[k]) for k in seg)  # copies start equal
+    single = build("cross_stitch", "tasks=[depth]")
+    assert len(single.backbone.stitches) == 0
+
+
+def test_deeplab_is_dilated_and_refuses_what_timm_cannot_dilate() -> None:
+    model = build("deeplab", "tasks=[depth]")
+    assert model.backbone.strides[-1] == 8 and model.size_divisor == 8
+    assert model.forward_features(torch.randn(1, 3, *SIZE)).shape[-2:] == (4, 6)
+    with pytest.raises(ValueError, match="can dilate"):
+        build_model(make_cfg("deeplab", "model.backbone=vit_tiny_patch16_224"), {"depth": 1})
+
+
+@pytest.mark.parametrize("arch", ["padnet", "mtinet"])
+def test_aux_losses_scale_with_aux_weight(arch: str) -> None:
+    model = build(arch).train()
+    cfg = make_cfg(arch)
+    batch = batch_for(cfg)
+    with torch.no_grad():
+        out = model(batch["image"])
+    final = {t: out[t] for t in cfg.tasks}
+    plain = compute_losses(final, batch, cfg)
+    cfg.loss.aux_weight = 0.0
+    zero = compute_losses(out, batch, cfg)
+    cfg.loss.aux_weight = 0.25
+    got = compute_losses(out, batch, cfg)
+    for t in cfg.tasks:
+        assert torch.equal(zero[t], plain[t])
+        aux = sum(compute_losses({t: a}, batch, cfg)[t] for a in aux_list(out, t))
+        torch.testing.assert_close(got[t], plain[t] + 0.25 * aux)
+        assert float(aux) > 0
+    assert LOSS_AUX == AUX
+
+
+@pytest.mark.parametrize("arch", ["mtan", "padnet"])
+def test_state_dict_names_are_stable_for_init_from(arch: str, tmp_path) -> None:
+    model = build(arch)
+    torch.save({"model": model.state_dict()}, tmp_path / "m.pt")
+    other = build_model(make_cfg(arch), SHALLOW)
+    assert load_matching(other, tmp_path / "m.pt") == []
+    want = model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in other.state_dict().items())
+
+
+def test_soft_sharing_is_for_fpn_only() -> None:
+    with pytest.raises(ValueError, match="model.arch=fpn only"):
+        build("mtan", "model.sharing=soft")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from enginekit import make_tiny_dataset
+
+    counts = (("train", 4), ("val", 2))
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"), counts=counts, hw=(32, 32))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_two_step_fit(arch: str, tiny_data, tmp_path) -> None:
+    """fit(): 2 steps, validation, checkpoints; the checkpoint reloads into the same arch."""
+    from enginekit import tiny_config
+
+    from cvmtl.engine.restore import load_model
+    from cvmtl.engine.trainer import fit
+
+    cfg = tiny_config(
+        tiny_data, tmp_path, model__arch=arch, train__batch_size=2, train__max_steps=2,
+        model__neck_channels=16, model__head_channels=8, model__backbone="resnet10t",
+        tasks="[seg,depth]",
+    )  # fmt: skip
+    result = fit(cfg)
+    assert result["step"] == 2 and "seg" in result["val"]
+    model, _ = load_model(result["run_dir"] + "/last.pt", (), "cpu")
+    assert type(model).arch == arch
