@@ -134,8 +134,11 @@ def plan(
     )  # fmt: skip
 
 
-def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x`` [B, C, H, W] at rows ``index`` [B, R] -> [B, C, R, W]."""
+def _rows(x: torch.Tensor, index: torch.Tensor, samples: torch.Tensor | None) -> torch.Tensor:
+    """``x`` [B, C, H, W] at rows ``index`` [B, R] -> [B, C, R, W]; with ``samples`` [B], ``x``
+    is the whole cache [N, C, H, W] and sample i is ``x[samples[i]]`` (no full-size copy)."""
+    if samples is not None:
+        return x[samples[:, None], :, index].permute(0, 2, 1, 3)
     b, c, _, w = x.shape
     return torch.gather(x, 2, index[:, None, :, None].expand(b, c, index.shape[1], w))
 
@@ -151,20 +154,25 @@ def inside(geo: Geometry) -> torch.Tensor:
     return (geo.row_in[:, :, None] & geo.col_in[:, None, :])[:, None]
 
 
-def warp_image(image: torch.Tensor, geo: Geometry) -> torch.Tensor:
+def warp_image(
+    image: torch.Tensor, geo: Geometry, samples: torch.Tensor | None = None
+) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float32 [B, 3, ch, cw] grey levels (rounded, as cv2's uint8
     output), bilinear, padding 0."""
-    top = _rows(image, geo.y0).float()
-    bottom = _rows(image, geo.y1).float()
+    top = _rows(image, geo.y0, samples).float()
+    bottom = _rows(image, geo.y1, samples).float()
     rows = torch.lerp(top, bottom, geo.wy[:, None, :, None])
     left, right = _cols(rows, geo.x0), _cols(rows, geo.x1)
     out = torch.lerp(left, right, geo.wx[:, None, None, :]).round_()
     return out * inside(geo)
 
 
-def warp_label(stored: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """Nearest crop of stored labels [B, C, H, W] (any dtype) -> [B, C, ch, cw]."""
-    return _cols(_rows(stored, geo.rows), geo.cols)
+def warp_label(
+    stored: torch.Tensor, geo: Geometry, samples: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Nearest crop of stored labels [B, C, H, W] (any dtype; with ``samples``, rows of the
+    whole cache) -> [B, C, ch, cw]."""
+    return _cols(_rows(stored, geo.rows, samples), geo.cols)
 
 
 def relabel(label: LabelKind, values: torch.Tensor, geo: Geometry) -> torch.Tensor:

@@ -65,17 +65,18 @@ class BatchAugment:
 
     def __call__(
         self, image: torch.Tensor, labels: dict[str, torch.Tensor], codecs: dict[str, str],
-        sizes: list, seeds: list[tuple[int, int, int]],
+        sizes: list, seeds: list[tuple[int, int, int]], samples: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:  # fmt: skip
-        """Raw uint8 images and stored labels of a batch (on the device) -> augmented tensors."""
+        """Raw uint8 images and stored labels of a batch (on the device; with ``samples``, the
+        whole cache and the batch's rows of it) -> augmented tensors."""
         draws = [self.draw(seed, size) for seed, size in zip(seeds, sizes, strict=True)]
         geo = ba.plan(sizes, [d[0] for d in draws], self.crop).to(image.device)
-        pixels = ba.warp_image(image, geo)
+        pixels = ba.warp_image(image, geo, samples)
         if self.jitter > 0:
             pixels = color_jitter(pixels, np.stack([d[1] for d in draws]))
         out = {"image": ba.normalize(pixels, self.mean, self.std)}
         for task, kind in self.kinds.items():
-            values = decode(codecs[task], ba.warp_label(labels[task], geo))
+            values = decode(codecs[task], ba.warp_label(labels[task], geo, samples))
             out[task] = ba.relabel(kind, values, geo)
         return out
 
@@ -109,24 +110,24 @@ class CachedLoader:
         """The batch of the (epoch, index) pairs ``items``."""
         cache = self.cache
         rows = cache.rows[[index for _, index in items]]
-        image = _take(cache.image, rows, self.device)
-        labels = {t: _take(cache.labels[t], rows, self.device) for t in self.augment.kinds}
         sizes = cache.sizes[rows].tolist()
         # Seeded by the requested index, so a substitute is augmented like the original.
         seeds = [(self.dataset.seed, epoch, index) for epoch, index in items]
-        out: dict[str, Any] = self.augment(image, labels, cache.codecs, sizes, seeds)
+        if cache.image.device == self.device:  # crop straight out of the cache
+            samples = rows.to(self.device)
+            out = self.augment(cache.image, cache.labels, cache.codecs, sizes, seeds, samples)
+        else:  # host cache, CUDA training: the batch's raw samples go over, then augment
+            image = _take(cache.image, rows, self.device)
+            labels = {t: _take(cache.labels[t], rows, self.device) for t in self.augment.kinds}
+            out = self.augment(image, labels, cache.codecs, sizes, seeds)
         out["has"] = {t: has[rows] for t, has in cache.has.items()}
         out["meta"] = default_collate([cache.meta[r] for r in rows.tolist()])
         return out
 
 
 def _take(stored: torch.Tensor, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Rows of a cached array on ``device`` (a host cache copies them over through pinned
-    memory, so the copy overlaps the previous step)."""
-    if stored.device == device:
-        return stored.index_select(0, rows.to(device))
-    if device.type != "cuda":
-        return stored.index_select(0, rows).to(device)
+    """Rows of a host cache on the CUDA ``device``, through pinned memory (the copy overlaps
+    the previous step)."""
     picked = torch.empty((len(rows), *stored.shape[1:]), dtype=stored.dtype, pin_memory=True)
     torch.index_select(stored, 0, rows, out=picked)  # straight into pinned memory
     return picked.to(device, non_blocking=True)

@@ -1,12 +1,17 @@
 """Real data for benchmarks: the config's dataset, or a small synthetic one generated once.
 
-``loader_benchmark`` times the train loader alone (images/s with ``data.num_workers``);
-``train_loader`` gives the loader whose waits are the ``data`` phase of the training step.
+``loader_benchmark`` times the train loader alone (images/s with ``data.num_workers``, in the
+``data.cache`` mode); ``cache_comparison`` interleaves the worker loader (PNG decode + CPU
+transforms) with the cached batch pipeline; ``train_loader`` gives the loader whose waits are
+the ``data`` phase of the training step.
+
+Run: ``python -m cvmtl.workflows.bench.data --size 96 128 --rounds 3 [key=value ...]``.
 """
 
 from __future__ import annotations
 
 import copy
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,7 +72,52 @@ def loader_benchmark(cfg: Any, batches: int = 10, warmup: int = 2) -> dict[str, 
         "img_s_per_worker": result["samples_s_per_worker"],
         "seconds": result["seconds"],
         "num_workers": workers,
+        "cache": cfg.data.cache,
         "batches": batches,
         "batch_size": cfg.train.batch_size,
         "root": cfg.data.root,
     }
+
+
+def cache_comparison(
+    cfg: Any, modes: tuple[str, ...] = ("none", "host"), rounds: int = 3, batches: int = 10
+) -> dict[str, Any]:
+    """Samples/s of each ``data.cache`` mode, interleaved ``rounds`` times (a shared machine
+    drifts: every round measures every mode), with the median ratio to the first mode."""
+    cfg = data_config(cfg, (batches + 2) * cfg.train.batch_size)
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            run = copy.deepcopy(cfg)
+            run.data.cache = mode
+            rates[mode].append(loader_benchmark(run, batches)["img_s"])
+    base = statistics.median(rates[modes[0]])
+    return {
+        "img_s": rates,
+        "ratio_to_" + modes[0]: {m: statistics.median(r) / base for m, r in rates.items()},
+        "root": cfg.data.root,
+        "num_workers": cfg.data.num_workers,
+        "batch_size": cfg.train.batch_size,
+        "crop": list(cfg.data.crop),
+    }
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    from cvmtl.config import load_config
+
+    parser = argparse.ArgumentParser(description="Worker loader vs the cached pipeline.")
+    parser.add_argument("--size", type=int, nargs=2, default=None, help="synthetic image h w")
+    parser.add_argument("--count", type=int, default=64, help="synthetic train images")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--modes", nargs="+", default=["none", "host"])
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args()
+    config = load_config(None, args.overrides)
+    if args.size:
+        config.data.root = str(synthetic_root(tuple(args.size), args.count))
+        config.data.format = "cvmtl"
+    print(json.dumps(cache_comparison(config, tuple(args.modes), args.rounds, args.batches)))
