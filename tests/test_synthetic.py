@@ -171,6 +171,10 @@ def test_deterministic_and_disjoint(tmp_path):
     assert ha == hb  # same seed: byte-identical, whatever the worker count
     images = [k for k in ha if k.startswith("images/")]
     assert len(images) == 8 and all(ha[k] != hc[k] for k in images)
+    for folder in ("edge", "saliency"):  # written for every id, byte-identical too
+        assert sorted(k.replace("images/", f"{folder}/") for k in images) == sorted(
+            k for k in ha if k.startswith(f"{folder}/")
+        )
     assert len({ha[k] for k in images}) == len(images)  # no scene repeats across splits
     ids = {sp: read_split(tmp_path / "a" / "splits" / f"{sp}.txt") for sp in counts}
     assert sum(map(len, ids.values())) == len(set().union(*ids.values())) == 8

@@ -1,4 +1,5 @@
-"""Procedural indoor scenes with consistent RGB, NYUv2-13 labels, z-depth and camera-frame normals.
+"""Procedural indoor scenes with consistent RGB, NYUv2-13 labels, z-depth, camera-frame normals,
+object boundaries (edges) and a salient-object mask.
 
 ``render_sample`` draws one scene from (seed, split, index) and ray-casts it (see
 synthetic_layout / synthetic_render); ``generate_dataset`` writes a ``cvmtl`` dataset with a
@@ -21,6 +22,7 @@ from cvmtl.data.synthetic_layout import build_scene
 from cvmtl.data.synthetic_render import MAX_DEPTH, NROOM, ROOM_CLASSES, cast, intrinsics, sensor
 from cvmtl.data.synthetic_render import shade as shade_scene
 from cvmtl.data.synthetic_scene import CLASSES
+from cvmtl.data.synthetic_targets import scene_targets
 
 IGNORE = 255
 
@@ -69,11 +71,18 @@ def render_sample(
     seed: int, split: str, index: int, size: tuple[int, int] = (240, 320), extras: bool = False
 ) -> dict[str, np.ndarray]:
     """One scene: ``image`` uint8 HxWx3, ``seg`` uint8 (255 ignore), ``depth`` float32 metres
-    (0 invalid), ``normal`` float32 HxWx3 (camera frame, toward the camera).
+    (0 invalid), ``normal`` float32 HxWx3 (camera frame, toward the camera), ``edge`` and
+    ``saliency`` bool HxW.
+
+    ``edge``: 1 px boundaries of the clean label map and the object map (every room face, piece of
+    furniture and prop is an object), drawn on the nearer (occluding) side, as PASCAL / NYUD edges
+    come from label boundaries. ``saliency``: the visible object with the largest centre-weighted
+    area (see synthetic_targets.salient_object). Both use no random draws: the images and the
+    other targets are the same as without them.
 
     With ``extras``: ``depth_clean`` (before sensor holes), ``seg_clean`` (before the ignore band),
-    ``planar`` (pixel on a flat face), ``face`` (a per-face id), ``glass`` (see-through window
-    panes), ``normal_world``, the camera pose and the room size, for tests.
+    ``planar`` (pixel on a flat face), ``face`` (a per-face id), ``object`` (the object id map),
+    ``glass`` (see-through window panes), ``normal_world``, the camera pose and the room size.
     """
     h, w = size
     rng = scene_rng(seed, split, index)
@@ -88,11 +97,14 @@ def render_sample(
     depth = np.where(glass | (depth_clean > MAX_DEPTH), 0.0, depth_clean)
     depth = _dropout(depth, rng).astype(np.float32)
     normal = (hit["normal_w"] @ scene.cam_rot).astype(np.float32)  # world -> camera frame
+    targets = scene_targets(scene, pid, seg_clean, depth_clean, NROOM)
     out = {
         "image": image,
         "seg": _ignore_band(seg_clean, rng),
         "depth": depth,
         "normal": normal,
+        "edge": targets["edge"],
+        "saliency": targets["saliency"],
     }
     if extras:
         kinds = np.array(["room"] * NROOM + [p.kind for p in scene.prims])
@@ -102,6 +114,7 @@ def render_sample(
             seg_clean=seg_clean,
             planar=(kinds[pid] == "room") | ((kinds[pid] == "box") & (face < 6)) | (face == 7),
             face=pid * 8 + face,
+            object=targets["object"],
             glass=glass,
             normal_world=hit["normal_w"].astype(np.float32),
             cam_rot=scene.cam_rot,
@@ -115,7 +128,10 @@ def _job(args: tuple) -> np.ndarray:
     out, seed, split, index, size = args
     cv2.setNumThreads(1)
     s = render_sample(seed, split, index, size)
-    write_cvmtl_sample(out, f"{split}_{index:05d}", s["image"], s["seg"], s["depth"], s["normal"])
+    # The folder names are the ones the cvmtl reader looks up for the edge and saliency tasks.
+    masks = {"edge": s["edge"], "saliency": s["saliency"]}
+    sid = f"{split}_{index:05d}"
+    write_cvmtl_sample(out, sid, s["image"], s["seg"], s["depth"], s["normal"], masks=masks)
     return np.bincount(s["seg"].ravel(), minlength=256)[: len(CLASSES)]
 
 
@@ -213,7 +229,8 @@ def contact_sheet(
     size: tuple[int, int] = (240, 320),
     scale: float = 0.75,
 ) -> np.ndarray:
-    """Write a PNG grid of ``n`` test scenes: RGB | labels | depth | normals per row."""
+    """Write a PNG grid of ``n`` test scenes: RGB | labels | depth | normals | targets per row
+    (targets: the salient object grey, edges white)."""
     palette = np.array(list(NYU13_PALETTE) + [[0, 0, 0]] * (256 - len(NYU13_PALETTE)), np.uint8)
     rows = []
     for i in range(n):
@@ -223,7 +240,9 @@ def contact_sheet(
         depth = cv2.cvtColor(cv2.applyColorMap(d8, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
         depth[s["depth"] <= 0] = 0
         nrm = ((s["normal"] + 1) / 2 * 255).astype(np.uint8)
-        rows.append(np.concatenate([s["image"], seg, depth, nrm], axis=1))
+        marks = np.where(s["edge"], 255, np.where(s["saliency"], 110, 0)).astype(np.uint8)
+        marks = np.repeat(marks[..., None], 3, axis=2)
+        rows.append(np.concatenate([s["image"], seg, depth, nrm, marks], axis=1))
     sheet = np.concatenate(rows, axis=0)
     if scale != 1:  # a smaller PNG for docs/
         sheet = cv2.resize(sheet, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)

@@ -95,6 +95,7 @@ def tabletop_props(b: Builder, r: np.random.Generator, w: float, d: float, n: in
     for _ in range(n):
         x, y = r.uniform(-w / 2 + 0.1, w / 2 - 0.1), r.uniform(-d / 2 + 0.1, d / 2 - 0.1)
         u = r.random()
+        g = len(b.parts) + 1  # each prop is its own instance (edge and saliency targets)
         if u < 0.3:  # a stack of lying books
             z = 0.0
             for _ in range(int(r.integers(1, 5))):
@@ -104,19 +105,20 @@ def tabletop_props(b: Builder, r: np.random.Generator, w: float, d: float, n: in
                     (x, y, z + bt / 2),
                     (r.uniform(0.15, 0.3), r.uniform(0.12, 0.22), bt),
                     _mat(r, "books"),
+                    group=g,
                 )
                 z += bt
         elif u < 0.55:  # cup, vase, bottle, bin
             rad, hh = r.uniform(0.03, 0.1), r.uniform(0.06, 0.35)
-            b.part("objects", (x, y, hh / 2), (2 * rad, 2 * rad, hh), _mat(r, "objects"), "cyl")
+            b.part("objects", (x, y, hh / 2), (2 * rad, 2 * rad, hh), _mat(r, "objects"), "cyl", g)
         elif u < 0.7:  # lamp: base + shade
             hh = r.uniform(0.25, 0.45)
-            b.part("objects", (x, y, hh / 2), (0.04, 0.04, hh), _mat(r, "objects"), "cyl")
+            b.part("objects", (x, y, hh / 2), (0.04, 0.04, hh), _mat(r, "objects"), "cyl", g)
             sr = r.uniform(0.1, 0.18)
-            b.part("objects", (x, y, hh), (2 * sr, 2 * sr, sr * 1.3), _mat(r, "objects"), "cyl")
+            b.part("objects", (x, y, hh), (2 * sr, 2 * sr, sr * 1.3), _mat(r, "objects"), "cyl", g)
         elif u < 0.85:  # box
             s = r.uniform(0.06, 0.3, 3)
-            b.part("objects", (x, y, s[2] / 2), tuple(s), _mat(r, "objects"))
+            b.part("objects", (x, y, s[2] / 2), tuple(s), _mat(r, "objects"), group=g)
         else:  # bowl / ball / fruit
             s = r.uniform(0.06, 0.25)
-            b.part("objects", (x, y, s * 0.3), (s, s, s * 0.6), _mat(r, "objects"), "ell")
+            b.part("objects", (x, y, s * 0.3), (s, s, s * 0.6), _mat(r, "objects"), "ell", g)

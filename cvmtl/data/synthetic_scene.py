@@ -28,8 +28,9 @@ class Prim:
     yaw: float
     cls: int
     mat: Material
-    inst: int
+    inst: int  # the object (one Builder) it belongs to
     no_depth: bool = False  # glass: the sensor sees through it (depth invalid)
+    group: int = 0  # a separate prop within the object (props on one surface share a Builder)
 
 
 @dataclass
@@ -89,15 +90,18 @@ class Builder:
 
     def __init__(self, scene: Scene, rng: np.random.Generator) -> None:
         self.scene, self.rng = scene, rng
-        self.parts: list[tuple[str, tuple, tuple, int, Material]] = []
+        self.parts: list[tuple[str, tuple, tuple, int, Material, int]] = []
         self.inst = len(scene.prims) + 1
 
-    def part(self, cls: str, c: tuple, size: tuple, mat: Material, kind: str = "box") -> None:
-        self.parts.append((kind, c, size, C[cls], mat))
+    def part(
+        self, cls: str, c: tuple, size: tuple, mat: Material, kind: str = "box", group: int = 0
+    ) -> None:
+        """Add a primitive; ``group`` > 0 marks a separate prop (its own instance) of the object."""
+        self.parts.append((kind, c, size, C[cls], mat, group))
 
     def place(self, x: float, y: float, yaw: float, z: float = 0.0, no_depth: bool = False) -> None:
         cy, sy = np.cos(yaw), np.sin(yaw)
-        for kind, c, size, cls, mat in self.parts:
+        for kind, c, size, cls, mat, group in self.parts:
             wx = x + cy * c[0] - sy * c[1]
             wy = y + sy * c[0] + cy * c[1]
             self.scene.prims.append(
@@ -110,6 +114,7 @@ class Builder:
                     mat,
                     self.inst,
                     no_depth,
+                    group,
                 )
             )
         self.parts = []
@@ -274,6 +279,7 @@ def bookshelf(b: Builder, r: np.random.Generator) -> tuple[float, float, float]:
                         (bw, d * 0.5, oh),
                         _mat(r, "objects"),
                         "cyl" if r.random() < 0.5 else "box",
+                        group=len(b.parts),  # a prop of its own (the part index is unique)
                     )
                 else:
                     bw = r.uniform(0.05, 0.3)
