@@ -50,6 +50,41 @@ NYU40_NOTE = (
     "backbones (TaskPrompter reports 55.30-55.90 mIoU)."
 )
 
+# PASCAL-Context, 5 tasks (InvPT README, "Pre-trained InvPT models" table: paper numbers).
+PASCAL_COLUMNS = [
+    ("seg", "miou", "mIoU"), ("parts", "miou", "parts mIoU"), ("saliency", "maxf", "sal maxF"),
+    ("normal", "mean", "normal mean"), ("edge", "odsf", "edge odsF"),
+]  # fmt: skip
+PASCAL_PUBLISHED = [
+    ("InvPT (ViT-L)", [79.03, 67.61, 84.81, 14.15, 73.00]),
+    ("ATRC", [67.67, 62.93, 82.29, 14.24, 72.42]),
+]
+PASCAL_NOTE = (
+    "Published figures of other projects, not produced by cvmtl: PASCAL-Context (PASCAL_MT), "
+    "as listed in InvPT's README (github.com/prismformore/Multi-Task-Transformer, "
+    "InvPT/README.md: InvPT paper numbers and ATRC's); their edge odsF is SEISM's (MATLAB, "
+    "maxDist 0.0075)."
+)
+# Cityscapes, 7 classes, 128x256 (mtan's copy): only the figures we could cite.
+CITYSCAPES_COLUMNS = [("seg", "miou", "mIoU"), ("disparity", "abs_err", "disp abs err")]
+CITYSCAPES_PUBLISHED = [("Nash-MTL", [75.41, 0.0129])]
+CITYSCAPES_NOTE = (
+    "Published figures of other projects, not produced by cvmtl: Nash-MTL (Navon et al., ICML "
+    "2022) on mtan's 7-class 128x256 Cityscapes, as indexed by paperswithcode.com (mIoU) and "
+    "wizwand.com (abs err); their pixel acc and rel err are not cited here."
+)
+
+
+def dataset_tables(metrics: dict, num_classes: int, data_format: str | None) -> list:
+    """The PASCAL-Context / Cityscapes tables (``[]`` for other datasets)."""
+    if data_format == "pascal_mt":
+        columns, published, note = PASCAL_COLUMNS, PASCAL_PUBLISHED, PASCAL_NOTE
+    elif data_format == "cityscapes_npy" and num_classes == 7:
+        columns, published, note = CITYSCAPES_COLUMNS, CITYSCAPES_PUBLISHED, CITYSCAPES_NOTE
+    else:
+        return []
+    return [(note, ["model", *[c[2] for c in columns]], table_rows(metrics, columns, published))]
+
 
 def is_nyu(data_format: str, dataset_name: str) -> bool:
     """Whether a dataset is NYUv2 / NYUD-v2 (by format or dataset.yaml name)."""
@@ -63,7 +98,7 @@ def published_tables(
     (``data_format`` + ``dataset_name`` + ``num_classes``; ``data_format`` None: NYUv2 tables
     by class count alone). ``[]`` for a dataset without published numbers."""
     if data_format is not None and not is_nyu(data_format, dataset_name):
-        return []
+        return dataset_tables(metrics, num_classes, data_format)
     if num_classes == 13:
         columns, published, note = NYU13_COLUMNS, NYU13_PUBLISHED, NYU13_NOTE
     elif num_classes == 40:
