@@ -157,3 +157,20 @@ def test_written_maps_match_the_render(tmp_path):
             stored = decode(tmp_path / name / f"{sid}.png")
             assert stored.dtype == np.uint8 and set(np.unique(stored)) <= {0, 255}
             assert ((stored > 127) == s[name]).all()
+
+
+def test_five_task_config_is_the_demo_plus_edge_and_saliency():
+    import yaml
+
+    from cvmtl.configs import find_config
+
+    demo = yaml.safe_load(find_config("synthetic_demo").read_text())
+    five = yaml.safe_load(find_config("synthetic_5task").read_text())
+    assert five["tasks"] == demo["tasks"] + ["edge", "saliency"]
+    for section in ("data", "model", "train"):  # same data, model and budget as the demo
+        assert five[section] == demo[section], section
+    weights = five["loss"]["balancer_args"]["weights"]
+    assert weights == {**demo["loss"]["balancer_args"]["weights"], "edge": 50.0, "saliency": 5.0}
+    # The tolerance allows the 1 px (1.41 px diagonal) side offset at 96x128, not 2 px.
+    diagonal = math.hypot(*demo["data"]["crop"])
+    assert math.sqrt(2) < five["eval"]["edge_max_dist"] * diagonal < 2
