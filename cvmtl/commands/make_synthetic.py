@@ -1,5 +1,8 @@
 r"""Render the procedural indoor dataset in the ``cvmtl`` format.
 
+Per scene: images/, segmentation/, depth/, normals/, and the binary maps edge/ (1 px object
+boundaries) and saliency/ (the salient object), 0 / 255 PNGs.
+
 python tools/make_synthetic.py --out data/synthetic --train 400 --val 100 --test 100 \
     --size 240x320 --seed 0 [--workers 2] [--contact-sheet docs/synthetic_contact_sheet.png]
 """
