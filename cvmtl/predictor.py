@@ -100,7 +100,7 @@ def class_info(cfg: Config) -> tuple[list[str], list[list[int]]]:
     n = cfg.data.num_classes
     if Path(cfg.data.root).is_dir():
         with contextlib.suppress(Exception):
-            info = load_dataset_info(cfg.data.root, cfg.data.format)
+            info = load_dataset_info(cfg.data.root, cfg.data.format, cfg.data.num_classes)
             if len(info["classes"]) == n:
                 return list(info["classes"]), [list(c) for c in info["palette"]]
     if n in (13, 40):

@@ -103,7 +103,7 @@ class DenseDataset(Dataset):
         self.source_split = source_split or split
         self.tasks = list(tasks)
         self.transform = transform
-        self.info = load_dataset_info(root, format)
+        self.info = load_dataset_info(root, format, num_classes)
         self.num_classes = num_classes or len(self.info["classes"])
         self.skip_bad = skip_bad
         self.ids = list(ids) if ids is not None else list_ids(root, format, self.source_split)

@@ -91,7 +91,7 @@ def build_datasets(cfg: Any, splits: Sequence[str] | None = None) -> dict[str, D
     asked for explicitly (and always train) that does not exist is a DataError.
     """
     d = cfg.data
-    info = load_dataset_info(d.root, d.format)
+    info = load_dataset_info(d.root, d.format, d.num_classes)
     if len(info["classes"]) != d.num_classes and (d.format != "cvmtl" or _has_yaml(d.root)):
         raise ValueError(
             f"data.num_classes is {d.num_classes} but {d.root} ({d.format}) has "

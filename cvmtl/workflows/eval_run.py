@@ -89,7 +89,7 @@ def run_eval(
     out_dir = Path(out) if out else default_out(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    info = load_dataset_info(cfg.data.root, cfg.data.format)
+    info = load_dataset_info(cfg.data.root, cfg.data.format, cfg.data.num_classes)
     write_report(out_dir, metrics, cfg=cfg, stats=stats, samples=samples, baselines=base, info=info)
     return metrics
 
