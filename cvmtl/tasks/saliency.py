@@ -1,0 +1,53 @@
+"""``saliency``: the salient-object mask (PASCAL-Context's distilled saliency), 1-channel logits.
+
+Loss: BCE, the mean over known pixels (:func:`cvmtl.losses.binary.bce_terms`). Metric:
+:class:`cvmtl.metrics.saliency.SaliencyMetric`: ``maxf`` (F-beta, beta^2 = 0.3, counts in
+delta_m) and ``miou``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cvmtl.losses.binary import bce_terms, binary_valid
+from cvmtl.metrics.saliency import SaliencyMetric
+from cvmtl.tasks.binary import (
+    colorize_grey,
+    encode_probability,
+    from_probabilities,
+    positives_at_half,
+    probability_map,
+    sigmoid,
+)
+from cvmtl.tasks.registry import register
+from cvmtl.tasks.spec import BINARY, TaskSpec
+
+
+def iou_at_half(pred: np.ndarray, target: np.ndarray) -> str | None:
+    p, t = positives_at_half(pred, target)
+    if t.size == 0:
+        return None
+    union = int((p | t).sum())
+    iou = 100.0 * int((p & t).sum()) / union if union else 100.0
+    return f"IoU@0.5 {iou:.1f}%"
+
+
+SALIENCY = register(
+    TaskSpec(
+        name="saliency",
+        title="saliency",
+        label=BINARY,
+        channels=1,
+        loss=lambda pred, target, labeled, cfg: bce_terms(pred, target, labeled),
+        loss_weights=lambda target, labeled, cfg: binary_valid(target, labeled).float(),
+        metric=lambda num_classes, ev: SaliencyMetric(),
+        metrics={"maxf": True, "miou": True},
+        delta_metrics={"maxf": True},
+        probabilities=sigmoid,
+        predict=probability_map,
+        colorize=colorize_grey,
+        encode=encode_probability,
+        summary=iou_at_half,
+        extras={"from_probabilities": from_probabilities},
+    )
+)
