@@ -1,5 +1,7 @@
-"""Models: timm backbone -> FPN -> task heads; :func:`build_model` builds them from a config."""
+"""Models: timm backbone -> FPN -> task heads (or another ``model.arch``: :mod:`cvmtl.models.arch`);
+:func:`build_model` builds them from a config."""
 
+from cvmtl.models.arch import ARCHS, ArchModel, build_arch
 from cvmtl.models.backbone import TimmBackbone
 from cvmtl.models.build import build_model, load_matching
 from cvmtl.models.heads import DenseHead, TaskHead, build_head
@@ -7,6 +9,9 @@ from cvmtl.models.multitask import MultiTaskModel, SoftSharingModel
 from cvmtl.models.neck import FPN
 
 __all__ = [
+    "ARCHS",
+    "ArchModel",
+    "build_arch",
     "FPN",
     "DenseHead",
     "MultiTaskModel",
