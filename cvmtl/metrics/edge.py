@@ -43,7 +43,10 @@ def disk_max(x: torch.Tensor, radius: float) -> torch.Tensor:
         dx = int(math.floor(math.sqrt(max(radius * radius - dy * dy, 0.0)) + 1e-9))
         if dy == 0 and dx == 0:
             continue
-        pooled = F.max_pool2d(out, (2 * dy + 1, 2 * dx + 1), stride=1, padding=(dy, dx))
+        # a rectangle's max is separable: a column pass, then a row pass
+        pooled = F.max_pool2d(out, (2 * dy + 1, 1), stride=1, padding=(dy, 0)) if dy else out
+        if dx:
+            pooled = F.max_pool2d(pooled, (1, 2 * dx + 1), stride=1, padding=(0, dx))
         res = torch.maximum(res, pooled)
     return res[:, 0]
 
