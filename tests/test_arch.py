@@ -257,3 +257,23 @@ def test_padnet_onnx_export_has_final_predictions_only(tmp_path) -> None:
     report = verify_export(model, path, "onnx", [SIZE, (29, 61)])  # dynamic H, W
     assert all(set(r) == set(model.tasks) for r in report.values())
     assert max(d for r in report.values() for d in r.values()) < 1e-4
+
+
+def test_refusals_come_before_any_forward_pass() -> None:
+    """cross_stitch + a gradient balancer in features mode is refused when the step is chosen
+    (build_run does it once, before training); affinity refuses architectures without the
+    backbone -> neck stages it measures."""
+    from cvmtl.balancers import build_balancer
+    from cvmtl.engine.step import select_step
+    from cvmtl.workflows.affinity import compute_affinity
+
+    cfg = make_cfg("cross_stitch", "tasks=[seg,depth]")
+    model = build("cross_stitch", "tasks=[seg,depth]")
+    with pytest.raises(ValueError, match="model.arch=cross_stitch has not: use loss.grad_source"):
+        select_step(build_balancer("mgda", cfg.tasks), cfg, model)
+    cfg.loss.grad_source = "params"
+    select_step(build_balancer("mgda", cfg.tasks), cfg, model)
+    with pytest.raises(ValueError, match="affinity: model.arch=mtan"):
+        compute_affinity(
+            build("mtan", "tasks=[seg,depth]"), [], lambda p, b: {}, ["seg", "depth"], 0.1
+        )

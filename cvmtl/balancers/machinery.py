@@ -24,12 +24,21 @@ from cvmtl.balancers.base import GradientBalancer
 from cvmtl.distributed import all_reduce_sum, is_dist
 
 
-def check_balancer(balancer, cfg, distributed: bool | None = None) -> None:
-    """Raise ValueError for a balancer / model / grad-source combination that cannot be exact."""
+def check_balancer(
+    balancer, cfg, distributed: bool | None = None, model: nn.Module | None = None
+) -> None:
+    """Raise ValueError for a balancer / model / grad-source combination that cannot be exact
+    (or cannot run: a model without a shared representation in ``features`` mode)."""
     if getattr(balancer, "kind", None) != "gradient":
         return
     distributed = is_dist() if distributed is None else distributed
     name = type(balancer).__name__
+    shared = getattr(getattr(model, "module", model), "has_shared_features", True)
+    if cfg.loss.grad_source == "features" and not shared:
+        raise ValueError(
+            f"{name} with loss.grad_source=features needs a shared representation, which "
+            f"model.arch={cfg.model.arch} has not: use loss.grad_source=params"
+        )
     if cfg.model.sharing == "soft":
         raise ValueError(
             f"{name} is a gradient-level balancer and needs something shared: "

@@ -76,7 +76,7 @@ def build_run(cfg: Config, resume: Any, distributed: bool, device: torch.device)
     balancer = build_balancer(cfg.loss.balancer, cfg.tasks, **cfg.loss.balancer_args)
     if isinstance(balancer, nn.Module):
         balancer.to(device)
-    step_fn = select_step(balancer, cfg)  # refuses a combination that cannot be exact
+    step_fn = select_step(balancer, cfg, model)  # refuses a combination that cannot be exact
     ema = ModelEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
     optimizer = build_optimizer(model, cfg.train, extra=balancer.parameters())
     steps_per_epoch, total_steps = _step_budget(cfg, loaders["train"])

@@ -40,12 +40,12 @@ from cvmtl.engine.stepping import (
 Step = Callable[..., dict]
 
 
-def select_step(balancer, cfg) -> Step:
+def select_step(balancer, cfg, model: nn.Module | None = None) -> Step:
     """The step function for ``balancer`` (checked once here: a combination of balancer, model
     and gradient source that cannot be exact raises ValueError)."""
     if balancer.kind != "gradient":
         return loss_step
-    mach.check_balancer(balancer, cfg)
+    mach.check_balancer(balancer, cfg, model=model)
     from cvmtl.engine.grad_step import gradient_step
 
     return gradient_step
@@ -69,7 +69,7 @@ def train_step(
     ``balancer``, ``backward``, ``optimizer``; see :mod:`cvmtl.workflows.bench.phases`).
     """
     micro = [batches] if isinstance(batches, dict) else list(batches)
-    fn = select_step(balancer, cfg)
+    fn = select_step(balancer, cfg, model)
     return fn(model, micro, balancer, optimizer, scaler, cfg, step=step, mark=mark or no_mark)
 
 
@@ -118,8 +118,16 @@ def _touch_absent(model: nn.Module, preds: dict) -> torch.Tensor | float:
     """Under DDP every parameter must take part in each backward; a zero term reaches the heads
     of tasks without a loss (their gradients are dropped again by :func:`_clear_absent`)."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
-        return sum(0.0 * p.float().sum() for p in preds.values())
+        return sum(0.0 * p.float().sum() for p in _tensors(preds))
     return 0.0
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    """Every tensor of a model's output (deep-supervision outputs nest dicts and lists)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value
+    return [t for item in items for t in _tensors(item)]
 
 
 def _clear_absent(net: nn.Module, cfg, absent: set[str]) -> None:

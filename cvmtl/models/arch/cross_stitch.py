@@ -103,6 +103,7 @@ class CrossStitchModel(ArchModel):
     """Task columns tied by cross-stitch units -> per-task FPN and head."""
 
     arch = "cross_stitch"
+    has_shared_features = False  # gradient balancers: loss.grad_source=params only
 
     def __init__(self, cfg: Any, backbone_kwargs: dict[str, Any] | None = None):
         backbone = StitchedColumns(cfg, backbone_kwargs)

@@ -171,6 +171,12 @@ def compute_affinity(
     ``mode`` sets train (batch statistics, as during training) or eval (running statistics).
     """
     _check_options(source, mode, lookahead_lr)
+    arch = getattr(model, "arch", None)
+    if arch not in (None, "fpn"):  # the stages below are backbone levels -> one FPN map
+        raise ValueError(
+            f"affinity: model.arch={arch} has no backbone -> neck stages to measure; "
+            "run it on model.arch=fpn (task relatedness is a property of the tasks and data)"
+        )
     shared = _named_shared_parameters(model)
     groups = stage_parameter_groups(model) if source == "params" else None
     t = len(tasks)
