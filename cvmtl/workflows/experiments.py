@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cvmtl.config import Config, load_config
+from cvmtl.models.arch import ARCHS
 from cvmtl.tasks import TASKS
 
 # name -> overrides on top of the base config; "fixed" doubles as the hard-sharing reference.
@@ -34,6 +35,8 @@ VARIANTS: dict[str, list[str]] = {
     "cagrad": ["loss.balancer=cagrad"],
     "nash_mtl": ["loss.balancer=nash_mtl"],
     "soft": ["loss.balancer=fixed", "model.sharing=soft"],
+    # architectures (model.arch) with the demo's balancer; "fixed" is their fpn reference
+    **{arch: ["loss.balancer=fixed", f"model.arch={arch}"] for arch in ARCHS if arch != "fpn"},
 }
 
 
