@@ -132,6 +132,9 @@ class EvalConfig:
     tta: bool = False
     scales: list[float] = field(default_factory=lambda: [1.0])
     edge_max_dist: float = 0.0075  # edge matching tolerance, a fraction of the image diagonal
+    # true: tests and tools/eval.py match edges one-to-one (BSDS; ~15x the approximate matcher's
+    # time); validation always uses the fast approximate one (results say which: edge/exact)
+    edge_exact: bool = False
 
 
 @dataclass

@@ -14,6 +14,7 @@ exits with 128 + signum: 130 / 143), or raises :class:`TrainingAborted` (a Runti
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
@@ -198,9 +199,10 @@ def validate(run: Run, epoch: int) -> tuple[dict, bool]:
     run.sync_buffers()  # every rank evaluates (and then saves) the same model
     samples: list = []
     num_vis = cfg.train.num_vis if du.is_main_process() else 0
+    fast = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, edge_exact=False))
     with preserved_rng():  # evaluation must not move the training random streams
         results = evaluate(
-            run.eval_model, run.loaders["val"], cfg.tasks, cfg,
+            run.eval_model, run.loaders["val"], cfg.tasks, fast,
             device=run.device, collect=num_vis, samples=samples,
         )  # fmt: skip
     dm = run.best.delta_m(results)

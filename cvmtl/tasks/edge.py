@@ -6,7 +6,8 @@ and 1 - that on the rest (:func:`cvmtl.losses.binary.weighted_bce_terms`). Metri
 attributes of the eval config (absent ones take the defaults):
 
 - ``edge_max_dist`` (0.0075): matching tolerance, a fraction of the image diagonal;
-- ``edge_exact`` (False): the one-to-one BSDS matching with thinning (final evaluation) instead
+- ``edge_exact`` (False): the one-to-one BSDS matching with thinning (for the test split and
+  tools/eval.py when set; validation always uses the approximate matcher) instead
   of the fast approximate matcher (validation); the results carry ``exact`` 0 / 1;
 - ``edge_thresholds`` (99): probability thresholds 1/(n+1), ..., n/(n+1);
 - ``edge_thin`` (True): thin the predictions at each threshold (exact matcher only).

@@ -87,6 +87,12 @@ class TaskSpec:
       is shown and written (class ids, probabilities, metres, unit vectors), as [B, ...].
     - ``colorize(prediction or target [H, W] / [H, W, 3], info) -> RGB uint8``; ``encode(prediction,
       info) -> {suffix: array}``: the files infer / export write, ``{stem}_{name}{suffix}.png``.
+    - ``extras``, optional keys the generic code reads: ``from_probabilities`` (averaged view
+      probabilities -> the model's output space; by default the inverse of ``probabilities`` is
+      found by probing: identity, log or logit), ``silog(cfg) -> bool`` (the loss is the
+      scale-invariant log loss: global moments, not a pixel mean), ``palette`` (colours of a task
+      with its own ``classes``), ``unit`` (for panels, e.g. ``"m"``), ``floor`` (the demo's trivial
+      predictor for this task).
     """
 
     name: str
