@@ -106,6 +106,8 @@ class TrainConfig:
     momentum: float = 0.9
     backbone_lr_mult: float = 1.0
     scheduler: str = "cosine"
+    step_at: list[float] = field(default_factory=lambda: [0.5, 0.75])  # scheduler=step
+    step_gamma: float = 0.1  # lr factor at each of step_at (fractions of the steps after warmup)
     warmup_steps: int = 0
     # auto: resolved per device by cvmtl.precision (bf16 where the hardware has it, fp16 +
     # GradScaler on older CUDA GPUs, fp32 elsewhere; channels_last where it measured faster)
@@ -173,7 +175,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.grad_source": ("features", "params"),
     "loss.depth": ("l1", "silog", "berhu", "log_l1"),
     "loss.normal": ("cosine", "l1"),
-    "train.optimizer": ("adamw", "sgd"),
+    "train.optimizer": ("adamw", "adam", "sgd"),
     "train.scheduler": ("cosine", "poly", "step", "none"),
     "train.amp": ("auto", "none", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),

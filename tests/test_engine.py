@@ -166,6 +166,20 @@ def test_lr_factor():
     assert f(10) == pytest.approx(0.0, abs=1e-12) and 0 < f(6) < 1
     s = lr_factor("step", total_steps=100)
     assert (s(49), s(50), s(75)) == (1.0, pytest.approx(0.1), pytest.approx(0.01))
+    half = lr_factor("step", total_steps=200, step_at=[0.5], step_gamma=0.5)  # StepLR(100, 0.5)
+    assert (half(99), half(100), half(199)) == (1.0, 0.5, 0.5)
+
+
+def test_adam_is_l2_decay_not_decoupled():
+    """``train.optimizer=adam`` is torch's Adam (decay added to the gradient), not AdamW."""
+    from cvmtl.config import TrainConfig
+    from cvmtl.engine.optim import build_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    cfg = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=1e-2)
+    opt = build_optimizer(model, cfg)
+    assert type(opt) is torch.optim.Adam
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 1e-2}  # bias undecayed
     assert lr_factor("poly", 10)(10) == 0.0 and lr_factor("none", 10, 0)(7) == 1.0
     with pytest.raises(ValueError, match="scheduler"):
         lr_factor("linear", 10)

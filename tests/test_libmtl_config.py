@@ -42,10 +42,12 @@ PROTOCOL = {
     "loss.normal": "cosine",
     "train.epochs": 200,
     "train.batch_size": 8,
-    "train.optimizer": "adamw",  # closest to Adam (see the YAML)
+    "train.optimizer": "adam",  # torch.optim.Adam, weight decay as L2
     "train.lr": 1.0e-4,
     "train.weight_decay": 1.0e-5,
-    "train.scheduler": "none",  # closest to StepLR(100, 0.5) (see the YAML)
+    "train.scheduler": "step",  # StepLR(100, 0.5) over 200 epochs
+    "train.step_at": [0.5],
+    "train.step_gamma": 0.5,
     "train.warmup_steps": 0,
     "train.amp": "none",  # float32
     "train.seed": 0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -55,17 +55,19 @@ def param_groups(
 def build_optimizer(
     model: nn.Module, cfg: TrainConfig, extra: Iterable[nn.Parameter] = ()
 ) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum ``cfg.momentum``) over :func:`param_groups`, with torch's fused
-    kernel where it has one for the parameters' device (see :func:`fused_or_default`)."""
+    """AdamW, Adam (weight decay as an L2 term, as LibMTL) or SGD (momentum ``cfg.momentum``) over
+    :func:`param_groups`, with torch's fused kernel where it has one for the parameters' device
+    (see :func:`fused_or_default`)."""
     groups = param_groups(model, cfg, extra)
-    if cfg.optimizer == "adamw":
-        return fused_or_default(torch.optim.AdamW, groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer in ("adamw", "adam"):
+        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return fused_or_default(cls, groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return fused_or_default(
             torch.optim.SGD, groups, lr=cfg.lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )  # fmt: skip
-    raise ValueError(f"train.optimizer: expected adamw|sgd, got {cfg.optimizer!r}")
+    raise ValueError(f"train.optimizer: expected adamw|adam|sgd, got {cfg.optimizer!r}")
 
 
 def fused_or_default(
@@ -86,13 +88,21 @@ def fused_or_default(
         return cls([dict(g) for g in groups], **kwargs)
 
 
-def lr_factor(name: str, total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
+def lr_factor(
+    name: str,
+    total_steps: int,
+    warmup_steps: int = 0,
+    step_at: Sequence[float] = (0.5, 0.75),
+    step_gamma: float = 0.1,
+) -> Callable[[int], float]:
     """Multiplier of the base lr for optimizer step ``k`` (0-based).
 
     Linear warmup ``(k + 1) / warmup`` for the first ``warmup_steps`` steps, then over the
-    remaining steps: ``cosine`` (to 0), ``poly`` (power 0.9, to 0), ``step`` (x0.1 at 1/2 and
-    again at 3/4 of them) or ``none`` (constant).
+    remaining steps: ``cosine`` (to 0), ``poly`` (power 0.9, to 0), ``step`` (times
+    ``step_gamma`` at each fraction of them in ``step_at``: by default x0.1 at 1/2 and again at
+    3/4) or ``none`` (constant).
     """
+    milestones = tuple(float(f) for f in step_at)
     if name not in ("cosine", "poly", "step", "none"):
         raise ValueError(f"train.scheduler: expected cosine|poly|step|none, got {name!r}")
     decay_steps = max(1, total_steps - warmup_steps)
@@ -106,7 +116,7 @@ def lr_factor(name: str, total_steps: int, warmup_steps: int = 0) -> Callable[[i
         if name == "poly":
             return (1.0 - p) ** 0.9
         if name == "step":
-            return 0.1 ** ((p >= 0.5) + (p >= 0.75))
+            return step_gamma ** sum(p >= f for f in milestones)
         return 1.0
 
     return factor
@@ -118,7 +128,8 @@ def build_scheduler(
     """A LambdaLR stepped once per optimizer step (its state_dict holds only numbers)."""
     # A plain closure (not a callable object) keeps LambdaLR.state_dict free of custom objects.
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(cfg.scheduler, total_steps, cfg.warmup_steps)
+        optimizer,
+        lr_factor(cfg.scheduler, total_steps, cfg.warmup_steps, cfg.step_at, cfg.step_gamma),
     )
 
 
