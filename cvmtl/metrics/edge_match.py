@@ -31,21 +31,26 @@ class Matcher:
 
     def __init__(self, gt: np.ndarray, where: np.ndarray, radius: float) -> None:
         g, c = np.argwhere(gt), np.argwhere(where)
-        self.row_of = np.full(gt.shape, -1, np.int64)
-        self.row_of[tuple(c.T)] = np.arange(len(c))
+        self.row_of = np.full(gt.shape, -1, np.int64)  # pixel -> row of pixels with a pair
         self.pairs = None
         if len(g) and len(c):
             coo = cKDTree(c).sparse_distance_matrix(cKDTree(g), radius, output_type="coo_matrix")
+            paired = np.zeros(len(c), bool)
+            paired[coo.row] = True
+            row = np.cumsum(paired) - 1
+            self.row_of[tuple(c[paired].T)] = np.arange(paired.sum())
             ones = np.ones(coo.nnz, np.int8)
-            self.pairs = csr_matrix((ones, (coo.row, coo.col)), (len(c), len(g)))
+            self.pairs = csr_matrix((ones, (row[coo.row], coo.col)), (paired.sum(), len(g)))
 
     def count(self, pred: np.ndarray) -> int:
-        """Pairs in a maximum matching of the predicted pixels (HxW bool, inside ``where``)."""
+        """Pairs in a maximum matching of the predicted pixels (HxW bool, inside ``where``);
+        only pixels with a candidate pair enter the matching."""
         if self.pairs is None:
             return 0
         rows = self.row_of[pred]
         graph = self.pairs[rows[rows >= 0]].tocoo()
-        return maximum_matching_size(graph.row, graph.col, *graph.shape)
+        cols, j = np.unique(graph.col, return_inverse=True)
+        return maximum_matching_size(graph.row, j.ravel(), graph.shape[0], len(cols))
 
 
 def maximum_matching_size(i: np.ndarray, j: np.ndarray, n1: int, n2: int) -> int:
