@@ -137,6 +137,8 @@ class EvalConfig:
     # true: tests and tools/eval.py match edges one-to-one (BSDS; ~15x the approximate matcher's
     # time); validation always uses the fast approximate one (results say which: edge/exact)
     edge_exact: bool = False
+    edge_thresholds: int = 99  # probability thresholds of the edge metric (SEISM's 99)
+    max_disparity: float = 1.0e4  # disparity metric range (0, max_disparity]
 
 
 @dataclass

@@ -170,13 +170,7 @@ def compute_affinity(
     ``loss_fn(preds, batch) -> {task: loss}`` may leave out a task (no labels in the batch).
     ``mode`` sets train (batch statistics, as during training) or eval (running statistics).
     """
-    _check_options(source, mode, lookahead_lr)
-    arch = getattr(model, "arch", None)
-    if arch not in (None, "fpn"):  # the stages below are backbone levels -> one FPN map
-        raise ValueError(
-            f"affinity: model.arch={arch} has no backbone -> neck stages to measure; "
-            "run it on model.arch=fpn (task relatedness is a property of the tasks and data)"
-        )
+    _check_options(source, mode, lookahead_lr, getattr(model, "arch", None))
     shared = _named_shared_parameters(model)
     groups = stage_parameter_groups(model) if source == "params" else None
     t = len(tasks)
@@ -219,8 +213,14 @@ def compute_affinity(
     )
 
 
-def _check_options(source: str, mode: str, lookahead_lr: float) -> None:
-    """Reject an unknown gradient source or mode and a non-positive lookahead step."""
+def _check_options(source: str, mode: str, lookahead_lr: float, arch: str | None) -> None:
+    """Reject an unknown gradient source or mode, a non-positive lookahead step and a model
+    without the backbone levels -> one FPN map stages measured here."""
+    if arch not in (None, "fpn"):
+        raise ValueError(
+            f"affinity: model.arch={arch} has no backbone -> neck stages to measure; "
+            "run it on model.arch=fpn (task relatedness is a property of the tasks and data)"
+        )
     if source not in ("features", "params"):
         raise ValueError(f"source: expected features | params, got {source!r}")
     if mode not in ("train", "eval"):
