@@ -230,7 +230,8 @@ def tiny_data(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_two_step_fit(arch: str, tiny_data, tmp_path) -> None:
-    """fit(): 2 steps, validation, checkpoints; the checkpoint reloads into the same arch."""
+    """fit(): 1 step, then resumed to 2 (validation, checkpoints); the checkpoint reloads into
+    the same arch."""
     from enginekit import tiny_config
 
     from cvmtl.engine.restore import load_model
@@ -241,7 +242,10 @@ def test_two_step_fit(arch: str, tiny_data, tmp_path) -> None:
         model__neck_channels=16, model__head_channels=8, model__backbone="resnet10t",
         tasks="[seg,depth]",
     )  # fmt: skip
-    result = fit(cfg)
+    cfg.train.max_steps = 1
+    assert fit(cfg)["step"] == 1
+    cfg.train.max_steps = 2
+    result = fit(cfg, resume=True)
     assert result["step"] == 2 and "seg" in result["val"]
     model, _ = load_model(result["run_dir"] + "/last.pt", (), "cpu")
     assert type(model).arch == arch
