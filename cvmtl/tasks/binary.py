@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cvmtl.tasks.spec import Info
+from cvmtl.losses.binary import binary_valid
+from cvmtl.tasks.spec import Info, TaskSpec
 
 _EPS = 1e-6
 
@@ -67,3 +68,19 @@ def positives_at_half(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray,
     p, t = _hw(pred), _hw(target)
     known = (t == 0) | (t == 1)
     return (p >= 0.5)[known], (t == 1)[known]
+
+
+def binary_task(**fields) -> TaskSpec:
+    """A TaskSpec of a binary map: one logit per pixel, loss over the known pixels, sigmoid
+    probabilities averaged over views, grey maps shown and written; ``fields`` add the rest
+    (name, title, label, loss, metric, metrics, delta_metrics, summary)."""
+    return TaskSpec(
+        channels=1,
+        loss_weights=lambda target, labeled, cfg: binary_valid(target, labeled).float(),
+        probabilities=sigmoid,
+        predict=probability_map,
+        colorize=colorize_grey,
+        encode=encode_probability,
+        extras={"from_probabilities": from_probabilities},
+        **fields,
+    )

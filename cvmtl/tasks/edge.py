@@ -19,18 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from cvmtl.losses.binary import binary_valid, weighted_bce_terms
+from cvmtl.losses.binary import weighted_bce_terms
 from cvmtl.metrics.edge import THRESHOLDS, EdgeMetric
-from cvmtl.tasks.binary import (
-    colorize_grey,
-    encode_probability,
-    from_probabilities,
-    positives_at_half,
-    probability_map,
-    sigmoid,
-)
+from cvmtl.tasks.binary import binary_task, positives_at_half
 from cvmtl.tasks.registry import register
-from cvmtl.tasks.spec import THIN_BINARY, TaskSpec
+from cvmtl.tasks.spec import THIN_BINARY
 
 
 def edge_metric(num_classes: int, ev: Any) -> EdgeMetric:
@@ -51,23 +44,16 @@ def edge_pixels(pred: np.ndarray, target: np.ndarray) -> str | None:
 
 
 EDGE = register(
-    TaskSpec(
+    binary_task(
         name="edge",
         title="edges",
         label=THIN_BINARY,
-        channels=1,
         loss=lambda pred, target, labeled, cfg: weighted_bce_terms(
             pred, target, labeled, cfg.loss.edge_pos_weight
         ),
-        loss_weights=lambda target, labeled, cfg: binary_valid(target, labeled).float(),
         metric=edge_metric,
         metrics={"odsf": True, "oisf": True, "ap": True},
         delta_metrics={"odsf": True},
-        probabilities=sigmoid,
-        predict=probability_map,
-        colorize=colorize_grey,
-        encode=encode_probability,
         summary=edge_pixels,
-        extras={"from_probabilities": from_probabilities},
     )
 )

@@ -9,18 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from cvmtl.losses.binary import bce_terms, binary_valid
+from cvmtl.losses.binary import bce_terms
 from cvmtl.metrics.saliency import SaliencyMetric
-from cvmtl.tasks.binary import (
-    colorize_grey,
-    encode_probability,
-    from_probabilities,
-    positives_at_half,
-    probability_map,
-    sigmoid,
-)
+from cvmtl.tasks.binary import binary_task, positives_at_half
 from cvmtl.tasks.registry import register
-from cvmtl.tasks.spec import BINARY, TaskSpec
+from cvmtl.tasks.spec import BINARY
 
 
 def iou_at_half(pred: np.ndarray, target: np.ndarray) -> str | None:
@@ -33,21 +26,14 @@ def iou_at_half(pred: np.ndarray, target: np.ndarray) -> str | None:
 
 
 SALIENCY = register(
-    TaskSpec(
+    binary_task(
         name="saliency",
         title="saliency",
         label=BINARY,
-        channels=1,
         loss=lambda pred, target, labeled, cfg: bce_terms(pred, target, labeled),
-        loss_weights=lambda target, labeled, cfg: binary_valid(target, labeled).float(),
         metric=lambda num_classes, ev: SaliencyMetric(),
         metrics={"maxf": True, "miou": True},
         delta_metrics={"maxf": True},
-        probabilities=sigmoid,
-        predict=probability_map,
-        colorize=colorize_grey,
-        encode=encode_probability,
         summary=iou_at_half,
-        extras={"from_probabilities": from_probabilities},
     )
 )
