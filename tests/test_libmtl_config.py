@@ -49,7 +49,7 @@ PROTOCOL = {
     "train.step_at": [0.5],
     "train.step_gamma": 0.5,
     "train.warmup_steps": 0,
-    "train.amp": "none",  # float32
+    "train.amp": "auto",  # LibMTL: float32 (amp=none); auto follows the device
     "train.seed": 0,
     "train.eval_every": 1,
 }
