@@ -33,7 +33,10 @@ setup(
     ],
     extras_require={
         # ruff pinned to a minor series: a new release's rules must not fail CI on old code
-        "dev": ["pytest", "pytest-timeout", "ruff~=0.17.6"] + EXPORT,
+        # test references only: pyedgeeval (BSDS correspondPixels, a C++ build of ~35 s at
+        # install) for the exact edge matcher, scikit-image's thin for cvmtl.data.thinning
+        "dev": ["pytest", "pytest-timeout", "ruff~=0.17.6", "pyedgeeval==0.2.8", "scikit-image"]
+        + EXPORT,
         "export": EXPORT,
     },
     entry_points={"console_scripts": ["cvmtl=cvmtl.cli:main"]},

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from tinymtl import split_batch, tiny_cfg
+from tinymtl import TrunkAndHeads, split_batch, tiny_cfg
 from torch import nn
 
 from cvmtl.balancers import BALANCERS, build_balancer
@@ -22,7 +22,7 @@ TASKS = ["seg", "depth", "normal", "edge", "saliency"]
 NUM_CLASSES = 4
 
 
-class SpecHeads(nn.Module):
+class SpecHeads(TrunkAndHeads):
     """A GroupNorm trunk and one conv head per task whose output is the task's spec: channels
     and activation (so a new task needs nothing here)."""
 
@@ -44,18 +44,6 @@ class SpecHeads(nn.Module):
             y = F.interpolate(head(z), size=tuple(size), mode="bilinear", align_corners=False)
             out[t] = get_task(t).activate(y.float(), None)
         return out
-
-    def forward(self, x):
-        return self.forward_heads(self.forward_features(x), x.shape[-2:])
-
-    def shared_parameters(self):
-        return self.backbone.parameters()
-
-    def task_parameters(self, task):
-        return self.heads[task].parameters()
-
-    def regularization(self):
-        return self.backbone[0].weight.new_zeros(())
 
 
 def random_label(task: str, n: int, size: int, g: torch.Generator) -> torch.Tensor:

@@ -24,7 +24,24 @@ class GradInject(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
-class TinyMTL(nn.Module):
+class TrunkAndHeads(nn.Module):
+    """The model interface the engine uses, for a ``backbone`` trunk and ``heads`` per task
+    (subclasses define ``forward_features`` and ``forward_heads``)."""
+
+    def forward(self, x):
+        return self.forward_heads(self.forward_features(x), x.shape[-2:])
+
+    def shared_parameters(self):
+        return self.backbone.parameters()
+
+    def task_parameters(self, task):
+        return self.heads[task].parameters()
+
+    def regularization(self):
+        return self.backbone[0].weight.new_zeros(())
+
+
+class TinyMTL(TrunkAndHeads):
     """conv-GN backbone (stride 2) -> one small conv head per task; GroupNorm only, so DDP with a
     split batch is exactly one process on the whole batch."""
 
@@ -63,18 +80,6 @@ class TinyMTL(nn.Module):
             y = F.interpolate(head(zt), size=tuple(size), mode="bilinear", align_corners=False)
             out[t] = F.softplus(y) if t == "depth" else y
         return out
-
-    def forward(self, x):
-        return self.forward_heads(self.forward_features(x), x.shape[-2:])
-
-    def shared_parameters(self):
-        return self.backbone.parameters()
-
-    def task_parameters(self, task):
-        return self.heads[task].parameters()
-
-    def regularization(self):
-        return self.backbone[0].weight.new_zeros(())
 
 
 def make_batch(n: int = 4, size: int = 16, seed: int = 0) -> dict:
