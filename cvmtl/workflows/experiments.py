@@ -37,6 +37,9 @@ VARIANTS: dict[str, list[str]] = {
     "soft": ["loss.balancer=fixed", "model.sharing=soft"],
     # architectures (model.arch) with the demo's balancer; "fixed" is their fpn reference
     **{arch: ["loss.balancer=fixed", f"model.arch={arch}"] for arch in ARCHS if arch != "fpn"},
+    # fpn with twice the neck / head width (1.7x the demo's forward FLOPs, near MTAN's 1.8-2.3x):
+    # whether an architecture's gain is its design or only its extra compute
+    "fpn_wide": ["loss.balancer=fixed", "model.neck_channels=128", "model.head_channels=64"],
 }
 
 
