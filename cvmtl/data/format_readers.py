@@ -117,14 +117,10 @@ def binary_labels(array: np.ndarray, path: Path, sid: str, what: str) -> np.ndar
 def read_label_png(path: Path, sid: str) -> np.ndarray:
     """Class ids int64 HxW from a grey or a palette PNG (PASCAL VOC stores palette PNGs, which
     cv2 would expand to colours: their indices are read with Pillow)."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"label unreadable: {path} (id {sid!r}): {err}") from None
+    data = io.read_bytes(path, sid, "label")
     if not (data.startswith(b"\x89PNG") and len(data) > 25 and data[25] == 3):  # IHDR colour type
         return io.read_seg_png(path, sid)
-    if io.PNG_END not in data[-64:]:
-        raise DataError(f"truncated PNG: {path} (id {sid!r})")
+    io.check_complete(data, path, sid)
     from PIL import Image, UnidentifiedImageError
 
     try:

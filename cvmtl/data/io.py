@@ -28,7 +28,8 @@ def _where(path: Path | str, sample_id: str | None) -> str:
     return f"{path}" if sample_id is None else f"{path} (id {sample_id!r})"
 
 
-def _read_bytes(path: Path | str, sample_id: str | None, what: str) -> bytes:
+def read_bytes(path: Path | str, sample_id: str | None, what: str) -> bytes:
+    """The file's bytes; a missing or unreadable file is a one-line DataError naming it."""
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
@@ -37,7 +38,8 @@ def _read_bytes(path: Path | str, sample_id: str | None, what: str) -> bytes:
         raise DataError(f"{what} unreadable: {_where(path, sample_id)}: {err}") from None
 
 
-def _check_complete(data: bytes, path: Path | str, sample_id: str | None) -> None:
+def check_complete(data: bytes, path: Path | str, sample_id: str | None) -> None:
+    """Raise a DataError naming ``path`` when the PNG / JPEG ``data`` lacks its end marker."""
     # cv2 decodes a truncated PNG/JPEG to a partly grey image with only a warning on stderr;
     # checking the end marker catches the common case of an interrupted copy or download.
     if data.startswith(b"\x89PNG") and PNG_END not in data[-64:]:
@@ -48,8 +50,8 @@ def _check_complete(data: bytes, path: Path | str, sample_id: str | None) -> Non
 
 def decode(path: Path | str, sample_id: str | None = None, what: str = "file") -> np.ndarray:
     """Decode an image file unchanged (bit depth and channels kept; colour stays BGR)."""
-    data = _read_bytes(path, sample_id, what)
-    _check_complete(data, path, sample_id)
+    data = read_bytes(path, sample_id, what)
+    check_complete(data, path, sample_id)
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise DataError(f"{what} unreadable (not a PNG/JPEG image): {_where(path, sample_id)}")
