@@ -29,7 +29,12 @@ import torch.nn.functional as F
 
 from cvmtl.metrics._common import accumulate, count_bins, reduced
 from cvmtl.metrics.edge_match import exact_counts
-from cvmtl.metrics.saliency import binary_targets, count_at_thresholds, threshold_bins
+from cvmtl.metrics.saliency import (
+    binary_targets,
+    count_at_thresholds,
+    even_thresholds,
+    threshold_bins,
+)
 
 THRESHOLDS = 99
 
@@ -128,9 +133,7 @@ class EdgeMetric:
         self.max_dist = float(max_dist)
         self.exact = bool(exact)
         self.thin = bool(thin)
-        step = 1.0 / (num_thresholds + 1)
-        thresholds = torch.arange(1, num_thresholds + 1, dtype=torch.float64) * step
-        self.thresholds = thresholds.float()
+        self.thresholds = even_thresholds(num_thresholds)
         self.reset()
 
     def reset(self) -> None:

@@ -26,6 +26,11 @@ def binary_targets(pred: torch.Tensor, target: torch.Tensor, name: str) -> torch
     return target.to(device=pred.device, dtype=torch.int64)
 
 
+def even_thresholds(num: int) -> torch.Tensor:
+    """``num`` probability thresholds k / (num + 1), k = 1..num (float32, computed in float64)."""
+    return (torch.arange(1, num + 1, dtype=torch.float64) * (1.0 / (num + 1))).float()
+
+
 def threshold_bins(
     pred: torch.Tensor, thresholds: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,9 +68,7 @@ class SaliencyMetric:
         if num_thresholds < 1 or beta_sq <= 0:
             raise ValueError(f"SaliencyMetric: bad thresholds {num_thresholds} / beta^2 {beta_sq}")
         self.beta_sq = float(beta_sq)
-        step = 1.0 / (num_thresholds + 1)
-        self.thresholds = torch.arange(1, num_thresholds + 1, dtype=torch.float64) * step
-        self.thresholds = self.thresholds.float()
+        self.thresholds = even_thresholds(num_thresholds)
         self.reset()
 
     def reset(self) -> None:
