@@ -10,6 +10,7 @@ import torch
 from cvmtl.config import Config
 from cvmtl.metrics import DepthMetric, NormalMetric, SegMetric, build_metrics, delta_m
 from cvmtl.metrics.normals import histogram_median
+from cvmtl.metrics.segmentation import NO_PREDICTION, class_labels
 
 # ---------------------------------------------------------------- numpy references
 
@@ -120,6 +121,40 @@ def test_seg_logits_and_invalid_prediction():
     assert r["pixel_acc"] == pytest.approx(50.0) and r["iou_per_class"][0] == pytest.approx(50.0)
     with pytest.raises(ValueError, match="channels"):
         m.update(torch.zeros(1, 3, 1, 2), torch.zeros(1, 1, 2, dtype=torch.long))
+
+
+def test_class_labels_are_argmax_with_no_prediction_for_nonfinite_pixels():
+    logits = torch.randn(2, 7, 5, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(class_labels(logits), logits.argmax(1))
+    cl = logits.contiguous(memory_format=torch.channels_last).to(torch.bfloat16)
+    assert torch.equal(class_labels(cl), cl.float().argmax(1))
+    # [1, 3, 1, 4]: a tie (first maximum wins), NaN, +inf, and -inf beside finite logits
+    tie_nan_inf = torch.tensor([[2.0, 2.0, 1.0], [0.0, math.nan, 1.0], [0.0, math.inf, 0.0]])
+    pixels = torch.cat([tie_nan_inf, torch.tensor([[-math.inf, 0.0, 1.0]])]).T[None, :, None]
+    assert class_labels(pixels).tolist() == [[[0, NO_PREDICTION, NO_PREDICTION, NO_PREDICTION]]]
+
+
+def test_seg_negative_labels_are_no_prediction_and_large_ones_wrong():
+    m = SegMetric(3)
+    m.update(torch.tensor([[[0, -1, -7, 3, 99, 2]]]), torch.tensor([[[0, 1, 1, 2, 2, 255]]]))
+    r = m.compute()
+    assert r["nonfinite"] == 2.0  # -1 and -7; the ignored pixel's 2 is not scored
+    assert m.confusion.tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
+    assert r["pixel_acc"] == pytest.approx(20.0)
+
+
+def test_class_tasks_decide_labels_in_the_prediction_step():
+    from cvmtl.engine.views import decide
+
+    logits, seg, depth, _, normal, _ = random_batch(2, c=8, seed=3)
+    out = decide({"seg": logits, "parts": logits[:, :7], "depth": depth, "normal": normal})
+    assert torch.equal(out["seg"], class_labels(logits))
+    assert torch.equal(out["parts"], class_labels(logits[:, :7]))
+    assert out["depth"] is depth and out["normal"] is normal  # regression: passed through
+    direct, decided = SegMetric(8), SegMetric(8)
+    direct.update(logits, seg)
+    decided.update(out["seg"], seg)
+    assert direct.compute() == decided.compute()
 
 
 def test_seg_random_streaming_matches_numpy():

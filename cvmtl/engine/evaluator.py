@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from cvmtl.distributed import is_main_process, unwrap
-from cvmtl.engine.views import predict
+from cvmtl.engine.views import decide, predict
 from cvmtl.metrics import build_metrics
 from cvmtl.precision import AMP_DTYPES, autocast_context, resolve_precision
 from cvmtl.tasks import get_task
@@ -85,8 +85,8 @@ def evaluate(
             size = next(iter(targets.values())).shape[-2:]
             with autocast_context(amp, device):
                 preds = predict(net, image, size, tasks, cfg, num_classes, first=(i == 0))
-            for task in tasks:
-                metrics[task].update(preds[task], targets[task])
+            for task, scored in decide(preds).items():  # class tasks: labels
+                metrics[task].update(scored, targets[task])
             for extra in evaluators:
                 extra.update(preds, targets)
             if samples is not None and len(samples) < collect:

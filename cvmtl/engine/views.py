@@ -22,7 +22,7 @@ from cvmtl.tasks import get_task
 
 Tensor = torch.Tensor
 
-__all__ = ["predict"]
+__all__ = ["decide", "predict"]
 
 
 def predict(
@@ -72,6 +72,12 @@ def predict(
                 mean = F.normalize(mean, dim=1)
             acc[task] = _inverse(spec, mean.shape[1])(mean)
     return acc
+
+
+def decide(preds: dict[str, Tensor]) -> dict[str, Tensor]:
+    """What each task's metric scores (``spec.decide``: labels for class tasks, the output itself
+    for the others): the last part of predicting in evaluation, so metrics only count."""
+    return {task: get_task(task).decide(p) for task, p in preds.items()}
 
 
 def _view(spec: Any, p: torch.Tensor, size: Any, zoom: float, flip: bool, views: int) -> Tensor:

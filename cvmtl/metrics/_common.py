@@ -37,9 +37,11 @@ def nan_if_empty(num: float, den: float, scale: float = 1.0) -> float:
 
 
 def count_bins(index: torch.Tensor, num_bins: int) -> torch.Tensor:
-    """``torch.bincount(index, minlength=num_bins)`` for indices in ``[0, num_bins)``, without its
-    host sync on CUDA (bincount reads ``index.max()``) and ~10x faster on the CPU."""
+    """``torch.bincount(index, minlength=num_bins)`` for indices in ``[0, num_bins)``. Off the
+    CPU a scatter-add instead: bincount reads ``index.max()``, a host sync on CUDA."""
     index = index.flatten()
+    if index.device.type == "cpu":
+        return torch.bincount(index, minlength=num_bins)  # ~1.6x the scatter-add here
     ones = torch.ones(1, dtype=torch.int64, device=index.device).expand(index.numel())
     counts = torch.zeros(num_bins, dtype=torch.int64, device=index.device)
     return counts.scatter_add_(0, index, ones)

@@ -84,7 +84,10 @@ class TaskSpec:
       delta_m (a subset, with their directions).
     - ``probabilities`` maps the model output to what is averaged over test-time views (softmax
       for classes, sigmoid for binary maps); ``predict`` maps it to the per-image prediction that
-      is shown and written (class ids, probabilities, metres, unit vectors), as [B, ...].
+      is shown and written (class ids, probabilities, metres, unit vectors), as [B, ...];
+      ``decide`` maps it to what the task's metric scores, in evaluation's prediction step
+      (class tasks: labels, so that the argmax is paid once, by predicting, and the metric only
+      counts; the default passes the output through).
     - ``colorize(prediction or target [H, W] / [H, W, 3], info) -> RGB uint8``; ``encode(prediction,
       info) -> {suffix: array}``: the files infer / export write, ``{stem}_{name}{suffix}.png``.
     - ``extras``, optional keys the generic code reads: ``from_probabilities`` (averaged view
@@ -110,6 +113,7 @@ class TaskSpec:
     fp32_head: bool = False
     probabilities: Callable[[torch.Tensor], torch.Tensor] = _identity
     predict: Callable[[torch.Tensor], torch.Tensor] = _identity
+    decide: Callable[[torch.Tensor], torch.Tensor] = _identity
     summary: Callable[[np.ndarray, np.ndarray], str | None] | None = None
     classes: tuple[str, ...] | None = None  # class names of a task with its own classes
     extras: dict[str, Any] = field(default_factory=dict)

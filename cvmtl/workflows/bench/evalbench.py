@@ -1,5 +1,6 @@
-"""Evaluation throughput: the forward pass (``evaluator.predict``) and the metric bookkeeping
-(``update`` of every task metric) timed separately, interleaved, on one random batch."""
+"""Evaluation throughput: the prediction (``evaluator.predict``, then each task's ``decide``:
+class labels) and the metric bookkeeping (``update`` of every task metric) timed separately,
+interleaved, on one random batch: the same split of work as :func:`cvmtl.engine.evaluate`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cvmtl.engine.evaluator import predict
+from cvmtl.engine.views import decide, predict
 from cvmtl.metrics import build_metrics
 from cvmtl.precision import autocast_context
 from cvmtl.workflows.bench.timing import stats, time_interleaved
@@ -22,8 +23,9 @@ def eval_benchmark(
     warmup: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """``img_s`` (forward + metrics), ``step_s`` (the same per batch), ``forward_s``,
-    ``metrics_s`` and ``metrics_frac`` (the metrics' share of evaluation time, from medians)."""
+    """``img_s`` (forward + metrics), ``step_s`` (the same per batch), ``forward_s`` (the
+    prediction, class labels included), ``metrics_s`` and ``metrics_frac`` (the metrics' share
+    of evaluation time, from medians)."""
     tasks = list(cfg.tasks)
     image = batch["image"]
     size = tuple(image.shape[-2:])
@@ -34,7 +36,8 @@ def eval_benchmark(
 
     def forward() -> None:
         with torch.inference_mode(), autocast_context(cfg.train.amp, device):
-            preds.update(predict(model, image, size, tasks, cfg, cfg.data.num_classes))
+            out = predict(model, image, size, tasks, cfg, cfg.data.num_classes)
+            preds.update(decide(out))
 
     def update() -> None:
         with torch.inference_mode():
