@@ -15,12 +15,14 @@ from typing import Any
 
 import yaml
 
-from cvmtl.config_parse import ConfigError, _merge, parse_override
+from cvmtl.config_parse import ConfigError, _merge, bool_or_word, parse_override
 from cvmtl.tasks import TASKS, import_task_modules
 from cvmtl.tasks.registry import DEFAULT_TASKS
 
 __all__ = [
     "CHOICES",
+    "COMPILE_MODES",
+    "CUDA_GRAPH_MODES",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -113,7 +115,7 @@ class TrainConfig:
     # GradScaler on older CUDA GPUs, fp32 elsewhere; channels_last where it measured faster)
     amp: str = "auto"
     channels_last: bool | str = "auto"
-    compile: bool = False
+    compile: bool | str = False  # false | true (= default) | a torch.compile mode, COMPILE_MODES
     grad_clip: float = 0.0
     accumulate: int = 1
     ema: float = 0.0
@@ -168,6 +170,10 @@ class Config:
 
 
 # Keys whose value must be one of a fixed set.
+# torch.compile modes for train.compile; reduce-overhead and max-autotune add CUDA graphs on GPUs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("cvmtl", "nyuv2_npy", "nyud_mt", "pascal_mt", "cityscapes_npy", "cityscapes"),
     "data.cache": ("none", "host", "device"),
@@ -187,12 +193,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 def validate(cfg: Config) -> Config:
     """Check values beyond their types (choices, ranges, task names)."""
-    cl = cfg.train.channels_last  # auto | true | false (YAML bools, or those words)
-    word = cl.strip().lower() if isinstance(cl, str) else None
-    if word in ("auto", "true", "false"):
-        cl = cfg.train.channels_last = "auto" if word == "auto" else word == "true"
-    if not isinstance(cl, bool) and cl != "auto":
-        raise ConfigError(f"train.channels_last: expected auto|true|false, got {cl!r}")
+    bool_or_word(cfg.train, "train.channels_last", ("auto",))
+    bool_or_word(cfg.train, "train.compile", COMPILE_MODES)
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

@@ -84,6 +84,22 @@ def _coerce_scalar(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
+def bool_or_word(section: Any, key: str, words: tuple[str, ...]) -> None:
+    """Normalize ``section.<name>`` (``key`` = ``"train.<name>"``) to a bool or one of
+    ``words``: YAML bools, or the words true / false, or a word; else a ConfigError."""
+    name = key.rsplit(".", 1)[-1]
+    value = getattr(section, name)
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in ("true", "false"):
+        value = word == "true"
+    elif word in words:
+        value = word
+    if not isinstance(value, bool) and value not in words:
+        expected = "|".join([*words, "true", "false"])
+        raise ConfigError(f"{key}: expected {expected}, got {getattr(section, name)!r}")
+    setattr(section, name, value)
+
+
 def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     """Write ``values`` (a nested dict) into the dataclass ``obj``, checking every key."""
     if not isinstance(values, dict):

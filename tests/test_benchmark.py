@@ -279,7 +279,7 @@ def test_cli_rejects_bad_override() -> None:
 @pytest.mark.slow
 def test_compiled_model_matches_eager() -> None:
     """train.compile: the trainer's per-child torch.compile gives the eager outputs."""
-    from cvmtl.engine.build import compile_children
+    from cvmtl.engine.compiled import compile_children
     from cvmtl.models import build_model
 
     cfg = load_config(None, TINY)
@@ -299,7 +299,7 @@ def test_features_mode_balancer_under_compile_matches_eager() -> None:
     """train.compile with a gradient balancer in features mode (MGDA): the compiled children's
     per-task feature gradients and the step they give equal the eager model's."""
     from cvmtl.balancers import build_balancer
-    from cvmtl.engine.build import compile_children
+    from cvmtl.engine.compiled import compile_children
     from cvmtl.engine.step import train_step
     from cvmtl.models import build_model
 
@@ -319,3 +319,50 @@ def test_features_mode_balancer_under_compile_matches_eager() -> None:
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     moved = max(float((p.detach() - p0).abs().max()) for p, p0 in zip(eager.parameters(), initial))
     assert moved > 1e-4  # the step did update the weights that were compared
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_cuda_compiled_steps_match_eager(mode: str) -> None:
+    """train.compile on a GPU, CUDA graphs included (reduce-overhead: the first step runs
+    eagerly, the second records, the third replays): three steps give the eager weights, and
+    evaluation through the compiled parts gives the eager metrics. fp32 without TF32, so the
+    two differ only by kernel choice."""
+    from cvmtl.balancers import build_balancer
+    from cvmtl.engine.compiled import compile_children
+    from cvmtl.engine.evaluator import evaluate
+    from cvmtl.engine.step import train_step
+    from cvmtl.models import build_model
+
+    dev = torch.device("cuda")
+    over = ["train.device=cuda", "train.amp=none", "train.channels_last=false"]
+    cfg = load_config(None, [*TINY, *over, f"train.compile={mode}"])
+    torch.manual_seed(0)
+    eager = build_model(cfg).to(dev).train()
+    initial = [p.detach().clone() for p in eager.parameters()]
+    compiled = copy.deepcopy(eager)
+    compile_children(compiled, mode)
+    batches = [random_batch(cfg, 2, dev) for _ in range(3)]
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # no TF32 matmuls (nor convolutions, below)
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            for model in (eager, compiled):
+                opt = torch.optim.SGD(model.parameters(), lr=0.01)
+                for batch in batches:
+                    balancer = build_balancer("fixed", cfg.tasks)
+                    out = train_step(model, batch, balancer, opt, None, cfg)
+                    assert not out["skipped"], out.get("reason")
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    moved = max(float((p.detach() - p0).abs().max()) for p, p0 in zip(eager.parameters(), initial))
+    assert moved > 10 * 2e-4  # the steps moved the weights well beyond the tolerance
+    for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=2e-4)
+    tasks = list(cfg.tasks)
+    results = [evaluate(m, batches, tasks, cfg, progress=False) for m in (eager, compiled)]
+    for task, metrics in results[0].items():
+        for name, value in metrics.items():
+            if isinstance(value, float):
+                assert results[1][task][name] == pytest.approx(value, rel=1e-3, abs=1e-3)

@@ -76,3 +76,19 @@ def test_shipped_config_by_name_path_wins_and_unknown_lists_them(tmp_path, monke
         load_config("nope.yaml")
     assert all(name in str(err.value) for name in shipped())
     assert {"synthetic_demo", "nyuv2_13_npy", "nyud_mt_40"} <= set(shipped())
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [("false", False), ("true", True), ("reduce-overhead", "reduce-overhead"),
+     ("Max-Autotune", "max-autotune"), ("default", "default")],
+)  # fmt: skip
+def test_train_compile_is_a_bool_or_a_torch_compile_mode(value, want):
+    assert load_config(None, [f"train.compile={value}"]).train.compile == want
+
+
+def test_train_compile_rejects_an_unknown_mode_naming_key_and_modes():
+    with pytest.raises(ConfigError, match="train.compile: expected default\\|reduce-overhead"):
+        load_config(None, ["train.compile=fast"])
+    with pytest.raises(ConfigError, match="train.channels_last: expected auto\\|true\\|false"):
+        load_config(None, ["train.channels_last=maybe"])

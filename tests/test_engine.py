@@ -198,8 +198,11 @@ def test_model_ema():
 
 
 @pytest.mark.slow
-def test_fit_compile(tiny_data, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path / "runs", train__compile="true", train__max_steps=2)
+@pytest.mark.parametrize("mode", ["true", "reduce-overhead"])
+def test_fit_compile(tiny_data, tmp_path, mode):
+    """Training and validation through compiled parts; reduce-overhead marks each step and
+    evaluation batch for CUDA graph trees (on the CPU it compiles like default)."""
+    cfg = tiny_config(tiny_data, tmp_path / "runs", train__compile=mode, train__max_steps=2)
     fit(cfg)
     keys = set(load_checkpoint(tmp_path / "runs/tiny/last.pt")["model"])
     assert keys and not any("_orig_mod" in k for k in keys)  # names of the plain model

@@ -20,6 +20,7 @@ from cvmtl.config import Config, save_config, to_dict
 from cvmtl.distributed import is_dist
 from cvmtl.engine.best import BestTracker
 from cvmtl.engine.checkpoint import load_checkpoint
+from cvmtl.engine.compiled import compile_children
 from cvmtl.engine.logging import RunLogger
 from cvmtl.engine.optim import ModelEMA, build_optimizer, build_scheduler
 from cvmtl.engine.run import Run, TrainState, config_changes, restore_state
@@ -40,16 +41,6 @@ def broadcast_module(model: nn.Module) -> None:
     if is_dist():
         for t in list(model.parameters()) + list(model.buffers()):
             torch.distributed.broadcast(t.data, src=0)
-
-
-def compile_children(model: nn.Module) -> None:
-    """torch.compile each top-level submodule in place (train_step calls forward_features /
-    forward_heads, which would bypass a compiled wrapper of the whole model)."""
-    for child in model.children():
-        if isinstance(child, nn.ModuleDict | nn.ModuleList):
-            compile_children(child)
-        else:
-            child.compile()
 
 
 def build_run(cfg: Config, resume: Any, distributed: bool, device: torch.device) -> Run:
@@ -87,7 +78,7 @@ def build_run(cfg: Config, resume: Any, distributed: bool, device: torch.device)
     if ckpt is not None:
         restore_state(ckpt, state, model, ema, optimizer, scheduler, scaler, balancer, best)
     if cfg.train.compile:
-        compile_children(model)  # in place: state_dict names stay those of the plain model
+        compile_children(model, cfg.train.compile)  # in place: state_dict names stay the same
     run = Run(
         cfg=cfg,
         saved_config=to_dict(user_cfg),

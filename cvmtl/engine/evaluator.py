@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from cvmtl.distributed import is_main_process, unwrap
+from cvmtl.engine.compiled import mark_step_begin
 from cvmtl.engine.views import decide, predict
 from cvmtl.metrics import build_metrics
 from cvmtl.precision import AMP_DTYPES, autocast_context, resolve_precision
@@ -66,10 +67,7 @@ def evaluate(
     _check_arguments(loader, collect, samples, amp)
     tasks = list(tasks)
     net = unwrap(model)
-    if device is None:
-        param = next(net.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else _device_of(net)
     cfg = _resolved(cfg, amp, device)
     amp, num_classes = cfg.train.amp, cfg.data.num_classes
     metrics = build_metrics(tasks, num_classes, cfg)
@@ -83,6 +81,7 @@ def evaluate(
             image = batch["image"].to(device, non_blocking=True)
             targets = _targets(batch, tasks, device, skip_padding, seen)
             size = next(iter(targets.values())).shape[-2:]
+            mark_step_begin(cfg)
             with autocast_context(amp, device):
                 preds = predict(net, image, size, tasks, cfg, num_classes, first=(i == 0))
             for task, scored in decide(preds).items():  # class tasks: labels
@@ -95,6 +94,11 @@ def evaluate(
     if seen == 0:
         raise ValueError("evaluate: the split is empty (the loader yielded no batches)")
     return {task: metrics[task].compute() for task in tasks}
+
+
+def _device_of(net: nn.Module) -> torch.device:
+    param = next(net.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _check_arguments(loader: Any, collect: int, samples: Any, amp: str | None) -> None:

@@ -27,6 +27,7 @@ from torch import nn
 from cvmtl.balancers import machinery as mach
 from cvmtl.distributed import unwrap
 from cvmtl.engine.buffers import buffers_kept
+from cvmtl.engine.compiled import mark_step_begin
 from cvmtl.engine.stepping import (
     Mark,
     StepRecord,
@@ -69,6 +70,7 @@ def train_step(
     ``balancer``, ``backward``, ``optimizer``; see :mod:`cvmtl.workflows.bench.phases`).
     """
     micro = [batches] if isinstance(batches, dict) else list(batches)
+    mark_step_begin(cfg)
     fn = select_step(balancer, cfg, model)
     return fn(model, micro, balancer, optimizer, scaler, cfg, step=step, mark=mark or no_mark)
 

@@ -133,14 +133,14 @@ def eager_fp32_config(cfg: Config) -> Config:
 
 def prepare(cfg: Config, dev: torch.device, model: nn.Module | None = None) -> tuple:
     """(model, optimizer) as the trainer sets them up: channels_last, compile, param groups."""
-    from cvmtl.engine.build import compile_children
+    from cvmtl.engine.compiled import compile_children
     from cvmtl.engine.optim import build_optimizer
 
     model = (model or build_model(cfg)).to(dev)
     if resolve_precision(cfg, dev).train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.compile:
-        compile_children(model)
+        compile_children(model, cfg.train.compile)
     return model, build_optimizer(model, cfg.train)
 
 
