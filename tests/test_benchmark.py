@@ -321,14 +321,45 @@ def test_features_mode_balancer_under_compile_matches_eager() -> None:
     assert moved > 1e-4  # the step did update the weights that were compared
 
 
+@pytest.mark.slow
+def test_compiled_features_mode_steps_survive_buffer_donation() -> None:
+    """The features-mode step runs one backward per task with retain_graph; a compiled backward
+    that donates its buffers refuses that (here triggered by float32 matmul precision
+    "highest" on torch 2.14's CPU inductor), so compile_children turns donation off."""
+    from cvmtl.balancers import build_balancer
+    from cvmtl.engine.compiled import compile_children
+    from cvmtl.engine.step import train_step
+    from cvmtl.models import build_model
+
+    over = ["loss.balancer=mgda", "train.amp=none", "train.channels_last=false"]
+    cfg = load_config(None, [*TINY, *over])
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        compile_children(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        batch = random_batch(cfg, 2, torch.device("cpu"))
+        for _ in range(2):
+            out = train_step(model, batch, build_balancer("mgda", cfg.tasks), opt, None, cfg)
+            assert not out["skipped"], out.get("reason")
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_cuda_compiled_steps_match_eager(mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "balancer"),
+    [("default", "fixed"), ("reduce-overhead", "fixed"), ("reduce-overhead", "mgda")],
+)
+def test_cuda_compiled_steps_match_eager(mode: str, balancer: str) -> None:
     """train.compile on a GPU, CUDA graphs included (reduce-overhead: the first step runs
-    eagerly, the second records, the third replays): three steps give the eager weights, and
-    evaluation through the compiled parts gives the eager metrics. fp32 without TF32, so the
-    two differ only by kernel choice."""
+    eagerly, the second records, the third replays), also with a gradient balancer in features
+    mode (one backward per task through the compiled heads): three steps give the eager
+    weights, and evaluation through the compiled parts gives the eager metrics. fp32 without
+    TF32, so the two differ only by kernel choice."""
     from cvmtl.balancers import build_balancer
     from cvmtl.engine.compiled import compile_children
     from cvmtl.engine.evaluator import evaluate
@@ -337,7 +368,8 @@ def test_cuda_compiled_steps_match_eager(mode: str) -> None:
 
     dev = torch.device("cuda")
     over = ["train.device=cuda", "train.amp=none", "train.channels_last=false"]
-    cfg = load_config(None, [*TINY, *over, f"train.compile={mode}"])
+    over += [f"train.compile={mode}", f"loss.balancer={balancer}", "loss.balancer_args={}"]
+    cfg = load_config(None, [*TINY, *over])
     torch.manual_seed(0)
     eager = build_model(cfg).to(dev).train()
     initial = [p.detach().clone() for p in eager.parameters()]
@@ -351,8 +383,8 @@ def test_cuda_compiled_steps_match_eager(mode: str) -> None:
             for model in (eager, compiled):
                 opt = torch.optim.SGD(model.parameters(), lr=0.01)
                 for batch in batches:
-                    balancer = build_balancer("fixed", cfg.tasks)
-                    out = train_step(model, batch, balancer, opt, None, cfg)
+                    method = build_balancer(balancer, cfg.tasks)
+                    out = train_step(model, batch, method, opt, None, cfg)
                     assert not out["skipped"], out.get("reason")
     finally:
         torch.set_float32_matmul_precision(precision)

@@ -24,6 +24,10 @@ def compile_children(model: nn.Module, mode: str | bool = "default") -> None:
     forward_heads, which would bypass a compiled wrapper of the whole model). ``mode``: a
     ``train.compile`` value (True = ``default``)."""
     mode = "default" if mode is True else mode
+    # A gradient balancer in features mode runs one backward per task with retain_graph=True
+    # (cvmtl.balancers.machinery.features_task_grads); a compiled backward that donates its
+    # buffers refuses that, so buffer donation is off (the switch its error message names).
+    torch._functorch.config.donated_buffer = False
     for child in model.children():
         if isinstance(child, nn.ModuleDict | nn.ModuleList):
             compile_children(child, mode)
