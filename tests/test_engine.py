@@ -227,3 +227,27 @@ def test_best_tracker_rules(tmp_path):
     assert dm.value_of(better, dm.delta_m(better)) == pytest.approx(12.5)
     with pytest.raises(ValueError, match="not trained"):
         BestTracker("normal/mean", tasks, tmp_path, "val")
+
+
+def test_throughput_leaves_the_warmup_step_out(monkeypatch):
+    """img_s of a logging window counts from the end of a process's first step (compilation,
+    CUDA graph capture), unless the window holds nothing else. A fake clock: exact values."""
+    from cvmtl.engine import logging as run_logging
+
+    now = [100.0]
+    monkeypatch.setattr(run_logging.time, "perf_counter", lambda: now[0])
+    window = run_logging.LossWindow()
+    now[0] += 30.0  # a first step that compiles: 30 s for 8 images
+    window.count(8, warmup=True)
+    for _ in range(4):  # then 0.5 s per step of 8 images
+        now[0] += 0.5
+        window.count(8)
+    assert window.values([], None, 0.1)["img_s"] == pytest.approx(32 / 2.0)
+    alone = run_logging.LossWindow()
+    now[0] += 30.0
+    alone.count(8, warmup=True)
+    assert alone.values([], None, 0.1)["img_s"] == pytest.approx(8 / 30.0)
+    plain = run_logging.LossWindow()
+    now[0] += 2.0
+    plain.count(8)
+    assert plain.values([], None, 0.1)["img_s"] == pytest.approx(4.0)

@@ -44,6 +44,17 @@ class LossWindow:
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.steps, self.images, self.t0 = 0, 0, time.perf_counter()
+        self.warmup: tuple[int, float] | None = None  # (images, t0) of a warm-up step
+
+    def count(self, images: int, warmup: bool = False) -> None:
+        """The images of one step. A warm-up step (a process's first: compilation, CUDA graph
+        capture, kernel tuning) restarts the throughput clock instead, so ``img_s`` is the
+        steady rate; a window that holds only warm-up reports its own rate."""
+        if warmup:
+            self.warmup = (self.images + images, self.t0)
+            self.images, self.t0 = 0, time.perf_counter()
+        else:
+            self.images += images
 
     def add(self, losses: dict[str, torch.Tensor]) -> None:
         for task, loss in losses.items():
@@ -57,7 +68,10 @@ class LossWindow:
         if weights is not None:
             out.update({f"weight/{t}": w for t, w in zip(tasks, weights.float().cpu().tolist())})
         out["lr"] = lr
-        out["img_s"] = self.images / max(1e-9, time.perf_counter() - self.t0)
+        images, t0 = (self.images, self.t0)
+        if images == 0 and self.warmup is not None:
+            images, t0 = self.warmup
+        out["img_s"] = images / max(1e-9, time.perf_counter() - t0)
         return out
 
 

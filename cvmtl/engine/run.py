@@ -52,6 +52,7 @@ class Run:
     steps_per_epoch: int
     stop: GracefulStop = field(default_factory=GracefulStop)
     world: int = field(default_factory=du.get_world_size)
+    warm: bool = False  # a step ran in this process (the first compiles and tunes kernels)
 
     @property
     def eval_model(self) -> nn.Module:

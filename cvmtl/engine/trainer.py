@@ -114,7 +114,8 @@ def train_one_epoch(run: Run) -> bool:
         state.batch += accumulate
         buffers.snapshot()
         out = run.step_fn(run.train_model, micro, run.balancer, run.optimizer, run.scaler, cfg)
-        window.images += sum(b["image"].shape[0] for b in micro) * run.world
+        window.count(sum(b["image"].shape[0] for b in micro) * run.world, warmup=not run.warm)
+        run.warm = True
         if out["skipped"] and "fp16 overflow" not in (out["reason"] or ""):
             buffers.restore()  # a NaN batch must not leave its BatchNorm statistics behind
         state.step += 1
