@@ -69,7 +69,7 @@ class StepInputs:
         ``every_task``: all tasks of the step, not only those present in micro-batch ``j``."""
         names = self.denominators if every_task else self.present[j]
         denominators = {t: self.denominators[t] for t in names}
-        losses = compute_losses(preds, self.batches[j], cfg, denominators)
+        losses = compute_losses(preds, self.batches[j], cfg, denominators, cfg.train.compile)
         if self.k == 1:
             return losses
         return {t: v + ((self.k - 1) * v).detach() for t, v in losses.items()}
