@@ -53,14 +53,15 @@ torch.cuda.get_device_name())" 2>&1 | tee -a "$LOG"
 stage tests 140 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests
 stage sweep 70 "$PY" tools/benchmark.py "${MODEL[@]}" --sweep --no-eval --iters 10 --warmup 3 \
     --grid "train.batch_size=$BATCHES" --table "$OUT/sweep.md" --json "$OUT/sweep.json"
-stage compile 130 "$PY" tools/benchmark.py "${MODEL[@]}" "train.batch_size=$BATCH" \
-    train.compile=true --compare-with train.compile=false --iters "$ITERS" --warmup "$WARMUP" \
+# eager (its evaluation too) against train.compile=true; then the CUDA-graph mode against eager
+stage compile 120 "$PY" tools/benchmark.py "${MODEL[@]}" "train.batch_size=$BATCH" \
+    train.compile=false --compare-with train.compile=true --iters "$ITERS" --warmup "$WARMUP" \
     --no-phases --json "$OUT/compile.json"
-stage graphs 130 "$PY" tools/benchmark.py "${MODEL[@]}" "train.batch_size=$BATCH" \
+stage graphs 120 "$PY" tools/benchmark.py "${MODEL[@]}" "train.batch_size=$BATCH" \
     train.compile=reduce-overhead --compare-with train.compile=false --iters "$ITERS" \
     --warmup "$WARMUP" --no-phases --json "$OUT/graphs.json"
 # shellcheck disable=SC2086  # SIZE is two numbers
-stage cache 60 bash -c "'$PY' -m cvmtl.workflows.bench.data --size $SIZE --count $COUNT \
+stage cache 80 bash -c "'$PY' -m cvmtl.workflows.bench.data --size $SIZE --count $COUNT \
     --rounds 2 --batches 4 data.crop=$CROP train.batch_size=$CACHE_BATCH \
     data.num_workers=$WORKERS train.device=$DEVICE --modes none device >'$OUT/cache.json'"
 ls -la "$OUT" | tee -a "$LOG"
