@@ -348,26 +348,30 @@ def test_compiled_features_mode_steps_survive_buffer_donation() -> None:
         torch.set_float32_matmul_precision(precision)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow),
+                                    pytest.param("cuda", marks=CUDA)])  # fmt: skip
 @pytest.mark.parametrize(
     ("mode", "balancer"),
     [("default", "fixed"), ("reduce-overhead", "fixed"), ("reduce-overhead", "mgda")],
 )
-def test_cuda_compiled_steps_match_eager(mode: str, balancer: str) -> None:
-    """train.compile on a GPU, CUDA graphs included (reduce-overhead: the first step runs
-    eagerly, the second records, the third replays), also with a gradient balancer in features
-    mode (one backward per task through the compiled heads): three steps give the eager
-    weights, and evaluation through the compiled parts gives the eager metrics. fp32 without
-    TF32, so the two differ only by kernel choice."""
+def test_compiled_steps_match_eager(device: str, mode: str, balancer: str) -> None:
+    """train.compile, CUDA graphs included on a GPU (reduce-overhead: the first step runs
+    eagerly, the second records, the third replays; on the CPU it compiles like default), also
+    with a gradient balancer in features mode (one backward per task through the compiled
+    heads and loss terms): three steps give the eager weights, and evaluation through the
+    compiled parts gives the eager metrics. fp32 without TF32, so the two differ only by kernel
+    choice."""
     from cvmtl.balancers import build_balancer
     from cvmtl.engine.compiled import compile_children
     from cvmtl.engine.evaluator import evaluate
     from cvmtl.engine.step import train_step
     from cvmtl.models import build_model
 
-    dev = torch.device("cuda")
-    over = ["train.device=cuda", "train.amp=none", "train.channels_last=false"]
+    dev = torch.device(device)
+    over = [f"train.device={device}", "train.amp=none", "train.channels_last=false"]
     over += [f"train.compile={mode}", f"loss.balancer={balancer}", "loss.balancer_args={}"]
     cfg = load_config(None, [*TINY, *over])
     torch.manual_seed(0)
