@@ -254,3 +254,33 @@ def test_refuses_what_it_cannot_run(root):
         build_loaders(_cfg(root, "host", steps), splits=["train"])
     with pytest.raises(Exception, match="data.cache"):
         _cfg(root, "gpu")
+
+
+def test_prefetched_keeps_order_raises_errors_and_stops_when_left():
+    """On the CPU the cached loader makes batches one step ahead in a thread."""
+    import threading
+
+    from cvmtl.data.cached_loader import prefetched
+
+    made = []
+
+    def items(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise OSError(f"cache row {i} unreadable")
+            made.append(i)
+            yield {"i": i, "threads": torch.get_num_threads()}
+
+    threads = torch.get_num_threads()
+    got = list(prefetched(items(7)))
+    assert torch.get_num_threads() == threads
+    assert [b["i"] for b in got] == list(range(7))
+    assert {b["threads"] for b in got} == {1}  # one intra-op thread there, the caller's intact
+    with pytest.raises(OSError, match="cache row 3 unreadable"):
+        list(prefetched(items(7, fail_at=3)))
+    made.clear()
+    it = prefetched(items(1000), depth=2)
+    assert next(it)["i"] == 0
+    it.close()  # leaving the loop: the thread stops after at most a few more items
+    assert len(made) <= 5
+    assert not any(t.name == "cvmtl-cached-batches" for t in threading.enumerate())

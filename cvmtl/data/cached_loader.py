@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -97,6 +99,11 @@ class CachedLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.device.type == "cpu":  # made ahead, beside the training step
+            return prefetched(self._batches())
+        return self._batches()  # CUDA: the kernels queue up asynchronously already
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
         batch: list[tuple[int, int]] = []
         for epoch, index in self.sampler:
             batch.append((int(epoch), int(index)))
@@ -135,6 +142,49 @@ class CachedLoader:
         out["has"] = {t: has[rows] for t, has in cache.has.items()}
         out["meta"] = default_collate([cache.meta[r] for r in rows.tolist()])
         return out
+
+
+def prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``items`` made ahead in a background thread (at most ``depth`` waiting), so that making
+    the next batch overlaps the training step, as a DataLoader's worker processes do; the
+    cache is shared, not copied into workers. Torch ops release the GIL; the thread runs them
+    on one intra-op thread (``torch.set_num_threads`` is per thread under OpenMP). An error
+    while making an item is raised here; leaving the loop early stops the thread."""
+    waiting: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                waiting.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        torch.set_num_threads(1)
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as err:  # handed to the consumer, which raises it
+            put(("error", err))
+
+    thread = threading.Thread(target=produce, name="cvmtl-cached-batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = waiting.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _take(stored: torch.Tensor, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
