@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from cvmtl.losses.terms import class_weights, seg_terms, seg_valid
-from cvmtl.metrics.segmentation import SegMetric, class_labels
+from cvmtl.metrics.segmentation import SegMetric, class_labels, top_class
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.spec import CLASSES, Info, TaskSpec
 from cvmtl.vis.colorize import colorize_seg
@@ -57,7 +57,7 @@ SEG = register(
         metrics={"miou": True, "pixel_acc": True},
         delta_metrics={"miou": True, "pixel_acc": True},
         probabilities=lambda logits: logits.float().softmax(dim=1),
-        predict=lambda logits: logits.max(dim=1).indices,  # argmax's index, ~10x faster on CPU
+        predict=top_class,
         decide=class_labels,
         colorize=lambda labels, info: colorize_seg(labels, info["palette"]),
         encode=encode_classes,
