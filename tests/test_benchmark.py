@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from cvmtl.config import load_config
+from cvmtl.workflows.bench.timing import time_interleaved
 from cvmtl.workflows.benchmark import random_batch, run_benchmark, simple_losses
 
 REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
 TINY = [
     "data.crop=[64,96]",
     "train.batch_size=2",
@@ -39,6 +41,9 @@ def check_result(result: dict, phases: bool = True) -> None:
         assert set(result["train"]["phases"]) == PHASES
         assert result["train"]["phases_sum_s"] > 0
     assert 0 <= result["eval"]["metrics_frac"] <= 1
+    assert result["train"]["minor_faults"] >= 0
+    assert set(result["eval"]["minor_faults"]) == {"forward", "metrics"}
+    assert result["host_malloc"] in {"kept", "system"} or result["host_malloc"].startswith("env:")
     assert result["peak_mem_mb"] > 0 and isinstance(result["peak_mem_kind"], str)
     assert isinstance(result["train_step_mem_mb"], float)
     assert isinstance(result["params"], int) and result["params"] > 0
@@ -134,6 +139,22 @@ def test_peaks_climb_sizes_and_stop_when_slow() -> None:
     assert conv["flop_s"] == conv["by_size"][conv["size"]] == max(conv["by_size"].values())
     slow = peak_conv_flops(cpu, torch.float32, 32, 1, budget_s=0)
     assert list(slow["by_size"]) == ["nchw:16", "channels_last:16"]  # one size per layout
+
+
+def test_interleaved_timing_counts_each_calls_page_faults() -> None:
+    import mmap
+
+    pages = 256
+    size = pages * mmap.PAGESIZE
+
+    def touch_fresh_pages() -> None:  # a new anonymous mapping, every page written once
+        with mmap.mmap(-1, size) as m:
+            m.write(b"x" * size)
+
+    faults: dict[str, float] = {}
+    time_interleaved({"touch": touch_fresh_pages, "idle": lambda: None}, 3, 1, CPU, faults)
+    assert faults["touch"] >= pages
+    assert faults["idle"] < pages / 8
 
 
 def test_flops_scale_with_pixels() -> None:

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from cvmtl.hostmem import keep_freed_memory
+
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
     """A parser whose ``--help`` shows the command's whole docstring, line breaks kept."""
@@ -64,7 +66,9 @@ def run_main(body: Callable[..., int | None], *args: Any) -> int:
     """``body(*args)`` as an exit status. A bad input or a failed write (``ValueError``, which
     includes ``ConfigError`` and ``DataError``, or ``OSError``) becomes one ``error: ...`` line on
     stderr and status 2; with ``CVMTL_TRACEBACK=1`` in the environment the exception goes through.
+    First, on glibc, the process keeps freed memory for reuse (:mod:`cvmtl.hostmem`).
     """
+    keep_freed_memory()
     try:
         status = body(*args)
     except (ValueError, OSError) as err:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from cvmtl.config import Config, to_dict
+from cvmtl.hostmem import keep_freed_memory
 from cvmtl.models import build_model
 from cvmtl.precision import describe_precision, precision_info, resolve_precision
 from cvmtl.workflows.bench.mfu import device_desc, flops_and_mfu, memory
@@ -87,6 +88,7 @@ def run_benchmark(
     precision = {**precision_info(cfg, dev), "precision": describe_precision(cfg, dev)}
     requested, cfg = cfg, resolve_precision(cfg, dev)
     load_before = load_average()
+    host_malloc = keep_freed_memory()  # measured as the commands run (cvmtl.hostmem)
     torch.manual_seed(cfg.train.seed)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its kernels
@@ -102,8 +104,9 @@ def run_benchmark(
     model.train()
     fns = {"train": lambda: step(model, batch, optimizer)}
     fns.update({name: run["run"] for name, run in runs.items()})
-    times, mem = _timed(fns, warmup, iters, 1 if compare_eager_fp32 else 0, dev)
-    result = _train_and_variants(times, runs, bs)
+    faults: dict[str, float] = {}
+    times, mem = _timed(fns, warmup, iters, 1 if compare_eager_fp32 else 0, dev, faults)
+    result = _train_and_variants(times, faults, runs, bs)
     train_med = statistics.median(times["train"])
     if phases and isinstance(step, EngineStep):
         result["train"].update(
@@ -115,21 +118,22 @@ def run_benchmark(
     result.update(memory(dev, mem), **precision)
     result.update(params=params, flops_per_img=flops, iters=iters, warmup=warmup)
     result.update(config=to_dict(cfg), device=device_desc(dev), torch=torch.__version__)
-    result.update(threads=torch.get_num_threads(), load_avg={"before": load_before})
-    result["load_avg"]["after"] = load_average()
+    result.update(threads=torch.get_num_threads(), host_malloc=host_malloc)
+    result["load_avg"] = {"before": load_before, "after": load_average()}
     return result
 
 
-def _timed(fns: dict, warmup: int, iters: int, lead: int, dev: torch.device) -> tuple:
+def _timed(fns: dict, warmup: int, iters: int, lead: int, dev: torch.device, faults: dict) -> tuple:
     """(seconds per call of each of ``fns``, interleaved; the memory peak of one ``train``
-    call) after ``warmup`` calls of each (compile / oneDNN kernels are picked on the first)."""
+    call) after ``warmup`` calls of each (compile / oneDNN kernels are picked on the first);
+    ``faults`` receives the minor page faults per call."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     with MemoryPeak(dev) as mem:
         fns["train"]()
         sync(dev)
-    return time_interleaved(fns, iters, lead, dev), mem
+    return time_interleaved(fns, iters, lead, dev, faults), mem
 
 
 def _variants(requested, cfg, dev, model, train_step, eager_fp32, compare) -> dict[str, dict]:
@@ -147,14 +151,16 @@ def _variants(requested, cfg, dev, model, train_step, eager_fp32, compare) -> di
     return runs
 
 
-def _train_and_variants(times: dict, runs: dict, bs: int) -> dict[str, Any]:
-    """``train`` and each variant's images/s, step times and speed-up of the engine's step."""
+def _train_and_variants(times: dict, faults: dict, runs: dict, bs: int) -> dict[str, Any]:
+    """``train`` and each variant's images/s, step times, minor page faults per step and
+    speed-up of the engine's step."""
     train = stats(times["train"])
     result: dict[str, Any] = {"train": {"img_s": bs / train["median"], "step_s": train}}
-    result["train"].update(batch_size=bs, phases={})
+    result["train"].update(batch_size=bs, minor_faults=faults["train"], phases={})
     for name, run in runs.items():
         st = stats(times[name])
         result[name] = {"img_s": run["batch_size"] / st["median"], "step_s": st}
+        result[name]["minor_faults"] = faults[name]
         result[name].update({k: v for k, v in run.items() if k not in ("run", "batch_size")})
         suffix = "eager_fp32" if name == "eager_fp32" else "compare"
         result[f"speedup_vs_{suffix}"] = st["median"] / train["median"]

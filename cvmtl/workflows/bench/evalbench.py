@@ -25,7 +25,7 @@ def eval_benchmark(
 ) -> dict[str, Any]:
     """``img_s`` (forward + metrics), ``step_s`` (the same per batch), ``forward_s`` (the
     prediction, class labels included), ``metrics_s`` and ``metrics_frac`` (the metrics' share
-    of evaluation time, from medians)."""
+    of evaluation time, from medians), ``minor_faults`` (page faults per call of each part)."""
     tasks = list(cfg.tasks)
     image = batch["image"]
     size = tuple(image.shape[-2:])
@@ -45,7 +45,9 @@ def eval_benchmark(
                 metrics[task].update(preds[task], batch[task])
 
     forward()  # the first forward fills preds for the first update
-    times = time_interleaved({"forward": forward, "metrics": update}, iters, warmup, device)
+    faults: dict[str, float] = {}
+    fns = {"forward": forward, "metrics": update}
+    times = time_interleaved(fns, iters, warmup, device, faults)
     model.train(was_training)
     step = [f + m for f, m in zip(times["forward"], times["metrics"])]
     fwd, met = stats(times["forward"]), stats(times["metrics"])
@@ -57,4 +59,5 @@ def eval_benchmark(
         "metrics_s": met,
         "metrics_frac": met["median"] / (fwd["median"] + met["median"]),
         "batch_size": bs,
+        "minor_faults": faults,
     }

@@ -18,7 +18,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"params {result['params'] / 1e6:.2f} M, forward {result['flops_per_img'] / 1e9:.2f} "
         f"GFLOP/img",
         f"train: {s['median']:.3f} s/step (min {s['min']:.3f}, max {s['max']:.3f}), "
-        f"{tr['img_s']:.1f} img/s, batch {tr['batch_size']}, MFU {mfu}",
+        f"{tr['img_s']:.1f} img/s, batch {tr['batch_size']}, MFU {mfu}, "
+        f"{tr['minor_faults']:.0f} page faults/step",
     ]
     if tr.get("phases"):
         parts = ", ".join(
@@ -44,7 +45,8 @@ def format_report(result: dict[str, Any]) -> str:
         ev = result["eval"]
         lines.append(
             f"eval: {ev['step_s']['median']:.3f} s/batch, {ev['img_s']:.1f} img/s, metrics "
-            f"{100 * ev['metrics_frac']:.1f}% of it"
+            f"{100 * ev['metrics_frac']:.1f}% of it; page faults/batch: forward "
+            f"{ev['minor_faults']['forward']:.0f}, metrics {ev['minor_faults']['metrics']:.0f}"
         )
     lines.append(
         f"memory: step {result['train_step_mem_mb']:.0f} MiB ({result['train_step_mem_kind']}), "

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import resource
 import statistics
 import threading
 import time
@@ -43,22 +44,37 @@ def stats(times: list[float]) -> dict[str, Any]:
     }
 
 
+def minor_faults() -> int:
+    """This process's minor page faults so far: each is a fresh page the kernel had to map (and
+    zero), the cost of memory the allocator handed back to the OS and asked for again."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_interleaved(
-    fns: dict[str, Callable[[], Any]], iters: int, warmup: int, device: torch.device
+    fns: dict[str, Callable[[], Any]],
+    iters: int,
+    warmup: int,
+    device: torch.device,
+    faults: dict[str, float] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, called in turn (A, B, A, B, ...) ``iters`` times after
-    ``warmup`` untimed rounds."""
+    ``warmup`` untimed rounds. ``faults``, if given, receives each function's minor page faults
+    per timed call (:func:`minor_faults`)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
+    counted = dict.fromkeys(fns, 0)
     for _ in range(iters):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            f0, t0 = minor_faults(), time.perf_counter()
             fn()
             sync(device)
             times[name].append(time.perf_counter() - t0)
+            counted[name] += minor_faults() - f0
+    if faults is not None:
+        faults.update({name: n / max(iters, 1) for name, n in counted.items()})
     return times
 
 
