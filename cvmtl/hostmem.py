@@ -5,14 +5,14 @@ glibc's malloc serves a large block (above a threshold that adapts between 128 K
 with its own ``mmap`` and unmaps it on ``free``, and it trims the heap's free top back to the OS
 beyond twice that threshold. A CPU training step or evaluation allocates and frees hundreds of
 such blocks (activations, gradients); every one comes back as fresh pages the kernel must map
-and zero: ~10,000 page faults (~40 MiB) per step of the demo config, whose step runs 1.2x as fast
-without them on two cores (docs/benchmarks.md, "Host memory").
+and zero: ~10,000 page faults (~40 MiB) per step of the demo config, ~100,000 at 288x384, ~25 ms
+of the demo's step on two cores (docs/benchmarks.md, "Host memory").
 
-:func:`keep_freed_memory` raises both thresholds with ``mallopt`` so that freed blocks stay in the
-heap for the next step, what jemalloc or tcmalloc (PyTorch's recommendation for CPU performance,
-loaded with ``LD_PRELOAD``) do by design. ``mallopt`` through ctypes rather than one of them:
-neither is a pip package, and the commands must be fast from ``make demo`` on. The process keeps
-its peak heap (the memory of one step) until it exits.
+:func:`keep_freed_memory` tells malloc (``mallopt``) to serve every block from its heap and never
+to trim it, so that freed blocks stay for the next step: what jemalloc or tcmalloc (PyTorch's
+recommendation for CPU performance, loaded with ``LD_PRELOAD``) do by design. ``mallopt``
+through ctypes rather than one of them: neither is a pip package, and the commands must be fast
+from ``make demo`` on. The process keeps its peak heap (the memory of one step) until it exits.
 
 Left alone: a process not on glibc (macOS, Windows, musl), one whose user chose an allocator or
 malloc settings (``LD_PRELOAD`` naming one, any ``MALLOC_*`` / ``GLIBC_TUNABLES`` in the
@@ -28,10 +28,7 @@ import platform
 
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-# glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX, 4 * 1 MiB * sizeof(long)):
-# blocks above it are still mapped on their own, as they are rare and reused in place by the OS.
-MMAP_THRESHOLD = 32 * 2**20
+M_MMAP_MAX = -4
 # mallopt takes an int: INT_MAX, so the heap's free top (the next step's memory) is never trimmed
 TRIM_THRESHOLD = 2**31 - 1
 
@@ -63,5 +60,7 @@ def keep_freed_memory() -> str:
     except (OSError, AttributeError):
         return "system"
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    # no block gets a mapping of its own (raising the mmap threshold instead stops at 32 MiB,
+    # below a 288x384 step's largest activations): every block comes from the heap
+    ok = mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     return "kept" if ok else "system"
