@@ -143,6 +143,21 @@ def test_seg_negative_labels_are_no_prediction_and_large_ones_wrong():
     assert r["pixel_acc"] == pytest.approx(20.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.float32])
+def test_seg_labels_of_any_dtype_count_as_int64_ones(dtype):
+    # uint8 cannot hold the clamp's -1: a 255 (ignore) target or a large uint8 label must not
+    # wrap onto a class; float labels truncate as .long() does
+    pred = torch.tensor([[[0, 1, 2, 200, 255, 1, 2]]])
+    target = torch.tensor([[[0, 1, 1, 2, 2, 255, 0]]])
+    reference = SegMetric(3)
+    reference.update(pred, target)
+    m = SegMetric(3)
+    m.update(pred.to(dtype), target.to(torch.uint8 if dtype == torch.uint8 else torch.int64))
+    assert torch.equal(m._cm, reference._cm)
+    assert m.confusion.tolist() == [[1, 0, 1], [0, 1, 1], [0, 0, 0]]
+    assert m.compute()["pixel_acc"] == pytest.approx(100 * 2 / 6)
+
+
 def test_class_tasks_decide_labels_in_the_prediction_step():
     from cvmtl.engine.views import decide
 
@@ -167,6 +182,29 @@ def test_seg_random_streaming_matches_numpy():
         targets.append(seg)
     pred = torch.cat(preds).argmax(1).numpy()
     close(m.compute(), np_seg(pred, torch.cat(targets).numpy(), 5))
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def test_indicator_is_a_float_mask_with_nan_false():
+    from cvmtl.metrics._common import indicator
+
+    x = torch.tensor([-1.0, 0.0, 2.0, math.nan, math.inf])
+    mask = indicator(torch.gt, x, 0.0)
+    assert mask.dtype == torch.float32
+    assert mask.tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
+    assert indicator(torch.lt, x.abs(), math.inf).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_count_ones_is_exact_beyond_float32_integers():
+    from cvmtl.metrics._common import count_ones
+
+    mask = torch.ones(3, 2**23 + 1)  # 25,165,827 ones: more than float32 counts exactly (2**24)
+    mask[1, ::7] = 0
+    exact = 3 * (2**23 + 1) - len(range(0, 2**23 + 1, 7))
+    assert count_ones(mask).dtype == torch.float64
+    assert count_ones(mask).item() == exact
 
 
 # ---------------------------------------------------------------- depth
@@ -206,6 +244,19 @@ def test_depth_random_streaming_matches_numpy():
         ps.append(dp.half().float() if i == 2 else dp)
         ts.append(dt)
     close(m.compute(), np_depth(torch.cat(ps).numpy(), torch.cat(ts).numpy()), rel=1e-4)
+
+
+def test_depth_targets_below_1e6_count_as_1e6_when_min_depth_is_0():
+    m = DepthMetric(min_depth=0.0, max_depth=10.0)
+    # predictions are clamped to 1e-6 m; a valid target below it is taken at 1e-6 m too, so the
+    # ratio stays finite; a 0 target is invalid
+    m.update(
+        torch.tensor([1e-9, 2e-6, 5.0]).view(1, 1, 1, 3),
+        torch.tensor([1e-7, 1e-6, 0.0]).view(1, 1, 1, 3),
+    )
+    r = m.compute()
+    assert r["rel_err"] == pytest.approx(0.5)  # (0 + 1) / 2 valid pixels
+    assert r["delta1"] == pytest.approx(50.0)
 
 
 def test_depth_empty_is_nan():

@@ -6,7 +6,15 @@ import math
 
 import torch
 
-from cvmtl.metrics._common import accumulate, check_shapes, count_bins, nan_if_empty, reduced
+from cvmtl.metrics._common import (
+    accumulate,
+    check_shapes,
+    count_bins,
+    count_ones,
+    indicator,
+    nan_if_empty,
+    reduced,
+)
 
 # 0.005-degree bins over [0, 180]: the median found by interpolating inside its bin is within one
 # bin width (0.005 deg) of the exact one, in 36000 counters whatever the dataset size. The
@@ -36,21 +44,35 @@ def angle_deg(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.atan2(cross, dot).mul_(180.0 / math.pi)
 
 
+def angle_terms(
+    pred: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(angles, valid, bad)`` [B,H,W] as :class:`NormalMetric` scores them, float32, ``valid``
+    and ``bad`` as 0 / 1 masks (see :func:`indicator`): the angle in degrees, :data:`WORST_DEG`
+    where the prediction has no direction (``bad``, on valid pixels), 0 on invalid pixels
+    (``valid``: a target with a non-zero component and no NaN)."""
+    pred = pred.float().contiguous()  # planar once: angle_deg then makes no copy
+    target = target.to(device=pred.device, dtype=torch.float32).contiguous()
+    gx, gy, gz = target.unbind(1)
+    largest = torch.maximum(torch.maximum(gx.abs(), gy.abs()), gz.abs())  # NaN if any is NaN
+    valid = indicator(torch.gt, largest, 0.0)
+    px, py, pz = pred.unbind(1)
+    length_sq = (px * px).addcmul_(py, py).addcmul_(pz, pz)  # NaN / inf / 0: no direction
+    has_direction = indicator(torch.gt, length_sq, 0.0).mul_(
+        indicator(torch.lt, length_sq, math.inf)
+    )
+    scored = has_direction.mul_(valid)  # valid pixels with a direction keep their angle
+    bad = valid - scored
+    ang = torch.nan_to_num(angle_deg(pred, target), nan=0.0).mul_(scored)
+    return ang.add_(bad, alpha=WORST_DEG), valid, bad
+
+
 def scored_angles(
     pred: torch.Tensor, target: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(angles, valid, bad)`` [B,H,W] as :class:`NormalMetric` scores them: the angle in
-    degrees, :data:`WORST_DEG` where the prediction has no direction (``bad``, on valid pixels),
-    0 on invalid pixels (``valid``: a non-zero target). Masks, not boolean indexing: no host
-    sync on CUDA."""
-    pred = pred.float().contiguous()  # planar once: angle_deg then makes no copy
-    target = target.to(pred.device)
-    valid = target.abs().amax(dim=1) > 0
-    px, py, pz = pred.unbind(1)
-    length_sq = (px * px).addcmul_(py, py).addcmul_(pz, pz)  # NaN / inf / 0: no direction
-    bad = valid & ~((length_sq > 0) & (length_sq < math.inf))
-    ang = angle_deg(pred, target).masked_fill_(bad, WORST_DEG)
-    return torch.where(valid, ang, 0.0), valid, bad
+    """:func:`angle_terms` with ``valid`` and ``bad`` as bool masks, for indexing (reports)."""
+    ang, valid, bad = angle_terms(pred, target)
+    return ang, valid > 0, bad > 0
 
 
 class NormalMetric:
@@ -77,12 +99,13 @@ class NormalMetric:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred [B,3,H,W] (any length); target [B,3,H,W], all-zero = invalid."""
         check_shapes("NormalMetric", pred, target, 3)
-        ang, valid, bad = scored_angles(pred, target)
-        ang = ang.flatten()
-        bins = ang.mul(1.0 / BIN_DEG).long().clamp_(0, NUM_BINS - 1)
-        bins = torch.where(valid.flatten(), bins, NUM_BINS)  # overflow bin, dropped
-        hist = count_bins(bins, NUM_BINS + 1)[:NUM_BINS]
-        sums = torch.stack([ang.sum(), torch.dot(ang, ang), bad.sum()]).double()
+        ang, valid, bad = angle_terms(pred, target)
+        ang, valid = ang.flatten(), valid.flatten()
+        # bin of each angle; invalid pixels (angle 0) go to the overflow bin NUM_BINS, dropped
+        bins = ang.mul(1.0 / BIN_DEG).clamp_(max=NUM_BINS - 1).add_(1.0 - valid, alpha=NUM_BINS)
+        hist = count_bins(bins.long(), NUM_BINS + 1)[:NUM_BINS]
+        sums = torch.stack([ang.sum(), torch.dot(ang, ang)]).double()
+        sums = torch.cat([sums, count_ones(bad)[None]])
         self._sums = accumulate(self._sums, sums)
         self._hist = accumulate(self._hist, hist)
 
