@@ -93,7 +93,6 @@ def run_benchmark(
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its kernels
     model = build_model(cfg)
-    params = sum(p.numel() for p in model.parameters())
     flops = count_flops(model, cfg, torch.device("cpu"))
     # the variants start from the same initial weights, copied before anything touches them
     runs = _variants(requested, cfg, dev, model, train_step, compare_eager_fp32, compare)
@@ -104,8 +103,7 @@ def run_benchmark(
     model.train()
     fns = {"train": lambda: step(model, batch, optimizer)}
     fns.update({name: run["run"] for name, run in runs.items()})
-    faults: dict[str, float] = {}
-    times, mem = _timed(fns, warmup, iters, 1 if compare_eager_fp32 else 0, dev, faults)
+    times, faults, mem = _timed(fns, warmup, iters, 1 if compare_eager_fp32 else 0, dev)
     result = _train_and_variants(times, faults, runs, bs)
     train_med = statistics.median(times["train"])
     if phases and isinstance(step, EngineStep):
@@ -116,24 +114,25 @@ def run_benchmark(
         result["eval"] = _eval(model, cfg, iters, warmup, dev)
     result.update(flops_and_mfu(cfg, dev, flops, bs / train_med, peak_size))
     result.update(memory(dev, mem), **precision)
-    result.update(params=params, flops_per_img=flops, iters=iters, warmup=warmup)
-    result.update(config=to_dict(cfg), device=device_desc(dev), torch=torch.__version__)
-    result.update(threads=torch.get_num_threads(), host_malloc=host_malloc)
+    result.update(params=sum(p.numel() for p in model.parameters()), flops_per_img=flops)
+    result.update(iters=iters, warmup=warmup, config=to_dict(cfg), device=device_desc(dev))
+    result.update(torch=torch.__version__, threads=torch.get_num_threads(), host_malloc=host_malloc)
     result["load_avg"] = {"before": load_before, "after": load_average()}
     return result
 
 
-def _timed(fns: dict, warmup: int, iters: int, lead: int, dev: torch.device, faults: dict) -> tuple:
-    """(seconds per call of each of ``fns``, interleaved; the memory peak of one ``train``
-    call) after ``warmup`` calls of each (compile / oneDNN kernels are picked on the first);
-    ``faults`` receives the minor page faults per call."""
+def _timed(fns: dict, warmup: int, iters: int, lead: int, dev: torch.device) -> tuple:
+    """(seconds per call of each of ``fns``, interleaved; minor page faults per call of each;
+    the memory peak of one ``train`` call) after ``warmup`` calls of each (compile / oneDNN
+    kernels are picked on the first)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     with MemoryPeak(dev) as mem:
         fns["train"]()
         sync(dev)
-    return time_interleaved(fns, iters, lead, dev, faults), mem
+    faults: dict[str, float] = {}
+    return time_interleaved(fns, iters, lead, dev, faults), faults, mem
 
 
 def _variants(requested, cfg, dev, model, train_step, eager_fp32, compare) -> dict[str, dict]:
