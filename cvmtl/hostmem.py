@@ -46,6 +46,17 @@ def _user_choice() -> str | None:
 
 
 @functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library where it is glibc (musl's mallopt does nothing; macOS has none)."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+@functools.cache
 def keep_freed_memory() -> str:
     """Tune glibc's malloc to keep freed memory (once per process); returns what is in effect:
     ``"kept"``, ``"env:<VARIABLE>"`` (the user's choice, left alone) or ``"system"`` (not glibc,
@@ -53,14 +64,20 @@ def keep_freed_memory() -> str:
     chosen = _user_choice()
     if chosen is not None:
         return f"env:{chosen}"
-    if platform.libc_ver()[0] != "glibc":  # musl's mallopt does nothing; macOS has none
+    libc = _glibc()
+    if libc is None:
         return "system"
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return "system"
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # no block gets a mapping of its own (raising the mmap threshold instead stops at 32 MiB,
     # below a 288x384 step's largest activations): every block comes from the heap
     ok = mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     return "kept" if ok else "system"
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free memory back to the OS now (``malloc_trim``; glibc only), kept or not:
+    for a resident-set baseline that a previous step's memory does not inflate."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

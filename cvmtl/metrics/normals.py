@@ -104,8 +104,7 @@ class NormalMetric:
         # bin of each angle; invalid pixels (angle 0) go to the overflow bin NUM_BINS, dropped
         bins = ang.mul(1.0 / BIN_DEG).clamp_(max=NUM_BINS - 1).add_(1.0 - valid, alpha=NUM_BINS)
         hist = count_bins(bins.long(), NUM_BINS + 1)[:NUM_BINS]
-        sums = torch.stack([ang.sum(), torch.dot(ang, ang)]).double()
-        sums = torch.cat([sums, count_ones(bad)[None]])
+        sums = torch.stack([ang.sum().double(), torch.dot(ang, ang).double(), count_ones(bad)])
         self._sums = accumulate(self._sums, sums)
         self._hist = accumulate(self._hist, hist)
 

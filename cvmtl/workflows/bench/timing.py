@@ -7,8 +7,6 @@ figure least affected by other processes.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import os
 import resource
@@ -19,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from cvmtl.hostmem import release_freed_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,12 +91,6 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def trim_heap() -> None:
-    """Return freed heap pages to the OS (glibc), so that RSS baselines are not inflated."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 class MemoryPeak:
     """Peak memory of a block above the memory at its start, in MiB.
 
@@ -116,7 +110,7 @@ class MemoryPeak:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device) / 2**20
             return self
-        trim_heap()
+        release_freed_memory()
         self._base = self._max = _rss_mb()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
