@@ -112,9 +112,9 @@ def _mat_struct(rows: list[tuple], fields: list[str]) -> np.ndarray:
 def write_pascal_mt(root: Path) -> dict[str, str]:
     """PASCAL_MT with ids ``a`` (train; palette VOC12 semseg, a person with parts), ``b`` (train;
     semseg only under semseg/pascal-context, a cat and a person without parts) and ``c`` (val; no
-    semseg, no human_parts file). Every image: LabelMap left half PERSON, right half UNKNOWN;
-    normals_distill (128, 128, 255); sal_distill 100 on the left half, 200 on the right.
-    Returns {id: split}."""
+    semseg, no person: its human_parts file holds a cat only). Every image: LabelMap left half
+    PERSON, right half UNKNOWN; normals_distill (128, 128, 255); sal_distill 100 on the left
+    half, 200 on the right. Returns {id: split}."""
     from PIL import Image
     from scipy.io import savemat
 
@@ -155,7 +155,8 @@ def write_pascal_mt(root: Path) -> dict[str, str]:
 
 def _write_parts(root: Path) -> None:
     """human_parts/a.mat: a person with head (rows 0-3), luarm (rows 4-7) and lfoot (rows 8-9,
-    cols 0-3), then a cat; b.mat: a cat and a person without parts; no c.mat."""
+    cols 0-3), then a cat; b.mat: a cat and a person without parts; c.mat: a cat, no person
+    (every listed image has its .mat, as in the layout)."""
     from scipy.io import savemat
 
     h, w = SMALL
@@ -174,6 +175,8 @@ def _write_parts(root: Path) -> None:
         "objects": _mat_struct([cat, ("person", 15, mask, np.zeros((0, 0)))], fields),
     }
     savemat(root / "human_parts" / "b.mat", {"anno": b})
+    c = {"imname": "c", "objects": _mat_struct([cat], fields)}
+    savemat(root / "human_parts" / "c.mat", {"anno": c})
 
 
 def write_cityscapes_npy(root: Path, train: int = 3, val: int = 2) -> None:

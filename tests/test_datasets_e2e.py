@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from enginekit import one_thread, read_jsonl  # noqa: F401  (autouse fixture)
+from enginekit import PYTHON, REPO, one_thread, read_jsonl, subprocess_env  # noqa: F401
 from formatkit import (
     make_split_dataset,
     write_cityscapes,
@@ -193,3 +194,22 @@ def test_shipped_config_end_to_end(name, tmp_path):
     argv = ["--checkpoint", str(run / "best.pt"), "--out", str(onnx), "--height", "32"]
     assert _cmd("export").main([*argv, "--width", "32"]) == 0
     assert onnx.stat().st_size > 0
+
+
+def test_pascal_missing_human_parts_file_fails_in_one_line(tmp_path):
+    """The way a user meets a broken PASCAL_MT copy: the shipped config, one human_parts .mat
+    removed, tools/train.py with small overrides: one error line naming the file, exit 2."""
+    data = tmp_path / "data"
+    data.mkdir()
+    pascal_mt(data)
+    missing = data / "human_parts" / "a1.mat"  # a train id: read by the steps or validation
+    missing.unlink()
+    args = _overrides(data, tmp_path / "runs", {"train.max_steps": 2})
+    cmd = [PYTHON, str(REPO / "tools" / "train.py"), "--config", "pascal_mt", *args]
+    out = subprocess.run(
+        cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: human parts missing: {missing} (id 'a1')"], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr

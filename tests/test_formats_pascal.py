@@ -101,6 +101,23 @@ def test_bad_files_are_one_line_errors_naming_file_and_id(pascal):
         load_sample(pascal, "pascal_mt", "train", "b", ("depth",), 21)
 
 
+def test_a_missing_human_parts_file_is_an_error_not_no_person(pascal):
+    # Every listed image has its human_parts .mat; c's holds a cat and no person: no parts label
+    c = load_sample(pascal, "pascal_mt", "val", "c", ("parts",), 21)
+    assert not c["has"]["parts"] and (c["parts"] == 255).all()
+    # A missing .mat is a broken copy, not "no person": one line naming the file and the id
+    missing = pascal / "human_parts" / "a.mat"
+    missing.unlink()
+    with pytest.raises(DataError) as err:
+        load_sample(pascal, "pascal_mt", "train", "a", TASKS, 21)
+    assert str(err.value) == f"human parts missing: {missing} (id 'a')"
+    # the other tasks do not read the file
+    others = ("seg", "saliency", "normal", "edge")
+    assert load_sample(pascal, "pascal_mt", "train", "a", others, 21)["has"] == dict.fromkeys(
+        others, True
+    )
+
+
 def test_dense_dataset_reads_pascal(pascal):
     ds = DenseDataset(pascal, "train", "pascal_mt", TASKS, num_classes=21)
     assert len(ds) == 2 and ds[0]["has"]["parts"] and not ds[1]["has"]["parts"]

@@ -11,8 +11,10 @@ Layout read (``root`` = the PASCAL_MT folder), per id:
   (``LabelMap``: the 459-class PASCAL-Context label of every pixel); 0 / 1
 - ``parts``: ``human_parts/{id}.mat`` (PASCAL-Part ``anno``: objects of ``class_ind`` 15 =
   person, their ``parts`` named masks mapped to 6 parts, 0 = background); an image whose
-  persons give no part pixel has no parts label (``has`` False), as Multi-Task-Learning-PyTorch
-  ignores an all-background parts map
+  objects hold no person, or whose persons give no part pixel, has no parts label (``has``
+  False), as Multi-Task-Learning-PyTorch ignores an all-background parts map. Every listed id
+  has its ``.mat`` (Multi-Task-Learning-PyTorch asserts it): a missing one is a broken copy and
+  a one-line DataError naming the file, not "no person"
 - ``normal``: ``normals_distill/{id}.png`` as 2 v / 255 - 1, kept only where ``LabelMap`` is one
   of :data:`NORMALS_VALID_CONTEXT_IDS` (0 elsewhere: invalid)
 - ``saliency``: ``sal_distill/{id}.png`` / 255 > 0.5.
@@ -86,6 +88,8 @@ def _loadmat(path: Path, sid: str, what: str) -> dict:
     from scipy.io import loadmat
     from scipy.io.matlab import MatReadError
 
+    if not path.is_file():  # what cvmtl.data.io.read_bytes says of any missing label file
+        raise DataError(f"{what} missing: {path} (id {sid!r})")
     try:
         return loadmat(path)
     except (MatReadError, Exception) as err:  # scipy raises many kinds on a corrupt file
@@ -163,7 +167,8 @@ def read_pascal_mt(root: Path, sid: str, tasks: Sequence[str], num_classes: int)
             sample[task] = check_seg(read_label_png(path, sid), num_classes, path, sid)
         elif task == "edge" and label_map is not None:
             sample[task] = edges_from_label_map(label_map)
-        elif task == "parts" and (path := root / "human_parts" / f"{sid}.mat").is_file():
+        elif task == "parts":
+            path = root / "human_parts" / f"{sid}.mat"
             parts = read_human_parts(path, sid, image.shape[:2])
             if parts is None:
                 continue
