@@ -6,6 +6,9 @@ python tools/benchmark.py [--config C.yaml] [key=value ...] [--iters N] [--warmu
 python tools/benchmark.py --loader [key=value ...]            # the data loader alone
 python tools/benchmark.py --sweep [--grid key=[v1,v2] ...] [--grid-mode axes|product]
        [--table F.md] [--json F.json]                           # a grid -> markdown table
+
+key=value overrides may stand anywhere among the flags, except right after --grid, which takes
+every word up to the next flag.
 """
 
 from __future__ import annotations

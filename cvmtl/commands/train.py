@@ -12,6 +12,9 @@ the multi-task run (so train.best_metric=delta_m selects on validation delta_m);
 --baselines-only it stops after the baselines. Finished baselines are reused, not retrained.
 With finetune.epochs > 0, task-specific fine-tuning follows the multi-task run.
 
+key=value overrides may stand anywhere among the flags; a key=value word right after --resume is
+an override, not a RUN_DIR.
+
 Exit codes: 0 done; 1 aborted after train.max_bad_steps non-finite steps in a row; 2 bad input
 (config, data, checkpoint: one line on stderr naming the key or file; CVMTL_TRACEBACK=1 shows the
 traceback) or a failed write (e.g. disk full); 130 / 143 stopped by SIGINT / SIGTERM after saving
