@@ -334,10 +334,16 @@ def test_non_checkpoint_refused_by_eval_infer_and_resume(
     assert (run_dir / "last.pt").read_bytes() == path.read_bytes()  # refused, not overwritten
 
 
-def test_resume_without_a_checkpoint_is_one_line(tiny_data, tmp_path, capsys):
-    """--resume of a run folder that has a config but no last.pt (never saved, or deleted)."""
+def test_resume_without_a_checkpoint_starts_fresh(tiny_data, tmp_path, capsys):
+    """--resume of a run folder that has a config but no last.pt yet (stopped before its first
+    save, as a preempted job): a fresh start, logged; a folder that does not exist: one line."""
     run_dir = tmp_path / "runs" / "tiny"
     run_dir.mkdir(parents=True)
-    save_config(tiny_config(tiny_data, tmp_path / "runs", **FAST), run_dir / "config.yaml")
-    assert _tool("train")(["--resume", str(run_dir)]) == 2
-    _assert_one_line_error(capsys.readouterr().err, "checkpoint not found", str(run_dir))
+    cfg = tiny_config(tiny_data, tmp_path / "runs", train__max_steps=1, **FAST)
+    save_config(cfg, run_dir / "config.yaml")
+    assert _tool("train")(["--resume", str(run_dir)]) == 0
+    assert f"resume: no checkpoint in {run_dir} yet; starting fresh" in capsys.readouterr().out
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 1
+    missing = tmp_path / "runs" / "typo"
+    assert _tool("train")(["--resume", str(missing)]) == 2
+    _assert_one_line_error(capsys.readouterr().err, "no such run folder", str(missing))

@@ -12,6 +12,10 @@ the multi-task run (so train.best_metric=delta_m selects on validation delta_m);
 --baselines-only it stops after the baselines. Finished baselines are reused, not retrained.
 With finetune.epochs > 0, task-specific fine-tuning follows the multi-task run.
 
+--resume continues last.pt of the run; a run that has not saved a checkpoint yet (a preempted job
+restarted before its first save) starts fresh and logs that it did. A RUN_DIR (or .pt file) that
+does not exist is an error.
+
 key=value overrides may stand anywhere among the flags; a key=value word right after --resume is
 an override, not a RUN_DIR.
 
@@ -45,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         const=True,
         default=None,
         metavar="RUN_DIR",
-        help="continue from last.pt of RUN_DIR (without a value: the run the config names)",
+        help="continue from last.pt of RUN_DIR (without a value: the run the config names); "
+        "no checkpoint there yet: start fresh",
     )
     parser.add_argument(
         "--train-baselines",
@@ -61,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace) -> int:
     run_dir = Path(args.resume) if isinstance(args.resume, str) else None
+    # a typo must not start a fresh run; on rank 0 only: other nodes need not hold the run folder
+    if run_dir is not None and os.environ.get("RANK", "0") == "0" and not run_dir.exists():
+        raise FileNotFoundError(f"--resume: no such run folder or checkpoint: {run_dir}")
     if run_dir is not None and run_dir.suffix == ".pt":  # --resume runs/x/last.pt: its folder
         run_dir = run_dir.parent
     config = args.config

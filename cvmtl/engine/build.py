@@ -98,7 +98,7 @@ def build_run(cfg: Config, resume: Any, distributed: bool, device: torch.device)
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
     )
-    _announce(run, user_cfg, ckpt)
+    _announce(run, user_cfg, ckpt, bool(resume))
     return run
 
 
@@ -115,17 +115,30 @@ def _step_budget(cfg: Config, train_loader: Any) -> tuple[int, int]:
     return steps_per_epoch, cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
 
 
+def resume_path(cfg: Config, resume: Any) -> Path | None:
+    """The checkpoint ``resume`` names, or None when there is none yet to continue.
+
+    ``True`` means ``cfg.run_dir/last.pt`` and a folder its ``last.pt``: a run that has not saved
+    yet (a preempted job restarted with ``--resume`` before its first checkpoint) starts fresh,
+    as detectron2's ``resume_or_load``. A folder or file that does not exist is an error.
+    """
+    path = cfg.run_dir if resume is True else Path(resume)
+    if resume is not True and not path.exists():
+        raise FileNotFoundError(f"resume: no such run folder or checkpoint: {path}")
+    if path.is_dir():
+        path = path / "last.pt"
+    return path if path.exists() else None
+
+
 def read_checkpoint(cfg: Config, resume: Any) -> dict | None:
-    """The checkpoint to resume from, read by rank 0 and sent to every rank: the nodes of a
-    multi-node run need no shared disk for it."""
+    """The checkpoint to resume from (see :func:`resume_path`), read by rank 0 and sent to every
+    rank: the nodes of a multi-node run need no shared disk for it."""
     if not resume:
         return None
-    path = cfg.run_dir / "last.pt" if resume is True else Path(resume)
-    ckpt = (
-        load_checkpoint(path / "last.pt" if path.is_dir() else path)
-        if du.is_main_process()
-        else None
-    )
+    ckpt = None
+    if du.is_main_process():
+        path = resume_path(cfg, resume)
+        ckpt = load_checkpoint(path) if path is not None else None
     return du.broadcast_object(ckpt)
 
 
@@ -149,9 +162,11 @@ def _wrap_ddp(model: nn.Module, balancer, device: torch.device) -> nn.Module:
     return ddp
 
 
-def _announce(run: Run, user_cfg: Config, ckpt: dict | None) -> None:
+def _announce(run: Run, user_cfg: Config, ckpt: dict | None, resume: bool) -> None:
     """Write config.yaml and log what this run is: precision, resume, warnings."""
     logger, run_dir = run.logger, run.cfg.run_dir
+    if resume and ckpt is None:
+        logger.info(f"resume: no checkpoint in {run_dir} yet; starting fresh")
     if du.is_main_process():
         if ckpt is None and (run_dir / "last.pt").is_file():
             logger.info(f"warning: {run_dir} holds an earlier run; starting over (see --resume)")

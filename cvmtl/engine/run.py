@@ -78,9 +78,12 @@ class Run:
         self.sync_buffers()  # the checkpoint holds what every rank holds
         if du.is_main_process():
             ckpt = checkpoint_state(self)
-            save_checkpoint(ckpt, self.cfg.run_dir / "last.pt")
+            # best.pt first: a process killed between the two writes resumes from the previous
+            # last.pt and redoes this step, saving best.pt again (last first would leave a stale
+            # best.pt behind a last.pt that already counts it)
             if best:
                 save_checkpoint(ckpt, self.cfg.run_dir / "best.pt")
+            save_checkpoint(ckpt, self.cfg.run_dir / "last.pt")
         du.barrier()
 
     def summary(self, val: Any, test: Any, interrupted: int | None) -> dict[str, Any]:

@@ -36,7 +36,9 @@ def fit(cfg: Config, *, resume: bool | str | Path | None = None) -> dict[str, An
     """Train ``cfg`` into ``cfg.run_dir``; return a summary dict.
 
     ``resume``: True continues ``cfg.run_dir/last.pt``; a path continues that checkpoint (or that
-    run folder's ``last.pt``). Under torchrun every rank calls ``fit``; only rank 0 writes files.
+    run folder's ``last.pt``); with no ``last.pt`` there yet the run starts fresh (logged), and a
+    path that does not exist is an error. Under torchrun every rank calls ``fit``; only rank 0
+    writes files.
     Summary keys: run_dir, step, epoch, best ({metric, value, step}), val and test
     ({task: {metric: value}} of the last validation / the final test evaluation, or None),
     skipped_steps, interrupted (signal number or None).
