@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_models import BACKBONES
 
 from cvmtl.config import Config, load_config
 from cvmtl.losses import AUX as LOSS_AUX
@@ -174,6 +175,53 @@ def test_cross_stitch_units_start_as_the_paper_says() -> None:
     assert all(torch.equal(seg[k], depth[k]) for k in seg)  # copies start equal
     single = build("cross_stitch", "tasks=[depth]")
     assert len(single.backbone.stitches) == 0
+
+
+# every family of the model tests but the plain ViT (one stride: refused below)
+STITCHABLE = [p for p in BACKBONES if p.id != "vit_tiny"]
+
+
+@pytest.mark.parametrize("name,kwargs", STITCHABLE)
+def test_cross_stitch_runs_every_hierarchical_family_stage_by_stage(name, kwargs) -> None:
+    torch.manual_seed(0)
+    cfg = make_cfg(
+        "cross_stitch", f"model.backbone={name}", "tasks=[seg,depth]", "data.crop=[64,64]"
+    )
+    model = build_model(cfg, kwargs).train()
+    stitched, column = model.backbone, model.backbone.columns["seg"]
+    # the levels timm's features_only model reports (>= stride 4), a stitch after each but the last
+    assert (stitched.channels, stitched.strides) == (column.channels, column.strides)
+    assert list(stitched.stitches) == stitched.taps[:-1] and len(stitched.taps) == len(
+        column.strides
+    )
+    image = torch.randn(2, 3, 64, 64)
+    out = model(image)
+    sum(o.square().mean() for o in out.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing[:10]  # every stage ran, stitch units included
+    with torch.no_grad():  # identity stitches: each column gives timm's own levels
+        for unit in stitched.stitches.values():
+            unit.alpha.copy_(torch.eye(2)[:, :, None].expand_as(unit.alpha))
+        model.eval()
+        for task, levels in zip(cfg.tasks, stitched(image)):
+            expected = stitched.columns[task](image)  # TimmBackbone: body(x), levels >= stride 4
+            assert [lv.shape for lv in levels] == [e.shape for e in expected]
+            assert [64 // lv.shape[-1] for lv in levels] == column.strides
+            for got, want in zip(levels, expected):
+                torch.testing.assert_close(got, want)
+
+
+def test_cross_stitch_says_why_a_backbone_has_no_stages() -> None:
+    from types import SimpleNamespace
+
+    from cvmtl.models.arch.cross_stitch import stages
+
+    vit = make_cfg("cross_stitch", "model.backbone=vit_tiny_patch16_224", "tasks=[seg,depth]")
+    with pytest.raises(ValueError, match="plain ViT: every block is at one stride .* no stage"):
+        build_model(vit, {"depth": 3})
+    one_call = SimpleNamespace(body=torch.nn.Identity(), pyramid=None)  # levels from one call
+    with pytest.raises(ValueError, match="timm gives 'x' as a Identity, whose levels come out of"):
+        stages(one_call, "x")
 
 
 def test_deeplab_is_dilated_and_refuses_what_timm_cannot_dilate() -> None:
