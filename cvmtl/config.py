@@ -76,6 +76,9 @@ class ModelConfig:
     init_from: str | None = None
     arch: str = "fpn"  # fpn | deeplab | mtan | cross_stitch | padnet | mtinet
     sharing: str = "hard"
+    # fpn: what the tasks share of the neck. pyramid = the FPN levels, each task fuses them its
+    # own way; all = also one fused map for every head; none = one FPN per task
+    neck_sharing: str = "pyramid"
     soft_weight: float = 1.0e-4
     neck_channels: int = 128
     head_channels: int = 64
@@ -179,6 +182,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.cache": ("none", "host", "device"),
     "model.arch": ("fpn", "deeplab", "mtan", "cross_stitch", "padnet", "mtinet"),
     "model.sharing": ("hard", "soft"),
+    "model.neck_sharing": ("pyramid", "all", "none"),
     "model.norm": ("bn", "gn", "syncbn"),
     "loss.grad_source": ("features", "params"),
     "loss.depth": ("l1", "silog", "berhu", "log_l1"),

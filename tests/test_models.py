@@ -66,8 +66,9 @@ def test_backbone_families(name: str, kwargs: dict) -> None:
 
 
 @pytest.mark.parametrize("name,kwargs", [BACKBONES[0], BACKBONES[-1]])
-def test_odd_input_size_is_padded_and_cropped(name: str, kwargs: dict) -> None:
-    cfg = make_cfg(f"model.backbone={name}")
+@pytest.mark.parametrize("neck_sharing", ["pyramid", "all"])
+def test_odd_input_size_is_padded_and_cropped(name: str, kwargs: dict, neck_sharing: str) -> None:
+    cfg = make_cfg(f"model.backbone={name}", f"model.neck_sharing={neck_sharing}")
     model = build_model(cfg, kwargs).eval()
     image = torch.randn(1, 3, 90, 123)
     with torch.no_grad():
@@ -75,8 +76,14 @@ def test_odd_input_size_is_padded_and_cropped(name: str, kwargs: dict) -> None:
         feats = model.forward_features(image)
         split = model.forward_heads(feats, image.shape[-2:])
     check_outputs(out, 1, (90, 123), cfg)
-    # the shared representation is the stride-4 map of the image padded to 96x128
-    assert feats.shape == (1, cfg.model.neck_channels, 96 // 4, 128 // 4)
+    # the shared representation comes from the image padded to 96x128: the pyramid levels
+    # (flattened) or their fused stride-4 map
+    c, pixels = cfg.model.neck_channels, (96 // 4) * (128 // 4)
+    if neck_sharing == "all":
+        assert feats.shape == (1, c, 96 // 4, 128 // 4)
+    else:
+        strides = model.backbone.strides
+        assert feats.shape == (1, sum(c * pixels * 16 // s**2 for s in strides))
     for task in cfg.tasks:
         torch.testing.assert_close(split[task], out[task])
 

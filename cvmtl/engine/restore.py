@@ -27,6 +27,8 @@ def config_from_checkpoint(ckpt: dict[str, Any], overrides: Sequence[str] = ()) 
     values = copy.deepcopy(ckpt.get("config") or {})
     if not isinstance(values, dict) or not values:
         raise ValueError("the checkpoint holds no config (was it written by tools/train.py?)")
+    if isinstance(values.get("model"), dict):  # written before model.neck_sharing: all shared
+        values["model"].setdefault("neck_sharing", "all")
     for text in overrides:
         keys, value = parse_override(text)
         node = values

@@ -16,7 +16,7 @@ from cvmtl.models.arch import ArchModel, build_arch
 from cvmtl.models.backbone import TimmBackbone
 from cvmtl.models.heads import build_head
 from cvmtl.models.multitask import MultiTaskModel, SoftSharingModel
-from cvmtl.models.neck import FPN
+from cvmtl.models.neck import FPN, LevelFusion, Levels
 from cvmtl.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,15 @@ def check_backbone_name(name: str) -> None:
 
 
 def build_branch(
-    cfg: Config, tasks: list[str], backbone_kwargs: dict[str, Any] | None = None
+    cfg: Config,
+    tasks: list[str],
+    backbone_kwargs: dict[str, Any] | None = None,
+    neck_sharing: str | None = None,
 ) -> MultiTaskModel:
-    """One backbone + FPN + a head for each of ``tasks``."""
+    """One backbone + a neck + a head for each of ``tasks``; ``neck_sharing`` (default
+    ``model.neck_sharing``) says what of the FPN the heads share (see :class:`MultiTaskModel`)."""
     m = cfg.model
+    sharing = neck_sharing or m.neck_sharing
     backbone = TimmBackbone(
         m.backbone,
         pretrained=m.pretrained,
@@ -46,11 +51,19 @@ def build_branch(
         drop_path=m.drop_path,
         **(backbone_kwargs or {}),
     )
-    neck = FPN(backbone.channels, backbone.strides, m.neck_channels, m.norm)
-    heads = {
-        t: build_head(t, m.neck_channels, cfg.data.num_classes, m.head_channels, m.norm, m)
-        for t in tasks
-    }
+    chans, strides, width = backbone.channels, backbone.strides, m.neck_channels
+    if sharing == "none":
+        neck: FPN | Levels = Levels(chans, strides)
+    else:
+        neck = FPN(chans, strides, width, m.norm, fuse=sharing == "all")
+    heads = {}
+    for t in tasks:  # each head's own neck part is created just before it (see DenseHead)
+        own: nn.Module | None = None
+        if sharing == "pyramid":
+            own = LevelFusion(strides, width, m.norm)
+        elif sharing == "none":
+            own = FPN(chans, strides, width, m.norm)
+        heads[t] = build_head(t, width, cfg.data.num_classes, m.head_channels, m.norm, m, own)
     model = MultiTaskModel(backbone, neck, heads, cfg.data.num_classes)
     if m.norm == "syncbn":  # the backbone's own batch norms synchronize too
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -78,7 +91,8 @@ def build_model(
     elif cfg.model.sharing == "hard":
         model = build_branch(cfg, cfg.tasks, backbone_kwargs)
     elif cfg.model.sharing == "soft":
-        branches = {t: build_branch(cfg, [t], backbone_kwargs) for t in cfg.tasks}
+        # one task per branch: the fusion sits in the neck, so soft_weight ties it too
+        branches = {t: build_branch(cfg, [t], backbone_kwargs, "all") for t in cfg.tasks}
         if not cfg.model.pretrained:  # start the copies equal, as pretrained copies are
             first = branches[cfg.tasks[0]]
             for branch in branches.values():

@@ -1,4 +1,8 @@
-"""Task heads on the fused stride-4 map: conv-norm-relu + 1x1 prediction, upsampled to the input.
+"""Task heads on a stride-4 map: conv-norm-relu + 1x1 prediction, upsampled to the input.
+
+A head built with a ``fusion`` (:class:`cvmtl.models.neck.LevelFusion`) takes the shared pyramid
+levels and fuses them its own way first (``model.neck_sharing: pyramid``, the default network;
+with ``none`` the head's ``fusion`` is a whole FPN over the backbone levels).
 
 Each head upsamples its raw prediction 4x (bilinear) to the padded input size, crops it to the
 original size, then applies its task's output map (identity / bounded depth / unit normals) in
@@ -24,12 +28,19 @@ from cvmtl.tasks import TaskSpec, get_task
 
 
 class DenseHead(nn.Module):
-    """conv3x3-norm-relu -> conv1x1 to ``out_channels``; subclasses define :meth:`activate`."""
+    """(``fusion``: pyramid levels -> stride-4 map) -> conv3x3-norm-relu -> conv1x1 to
+    ``out_channels``; subclasses define :meth:`activate`."""
 
     fp32_pred = False  # run the prediction layer in float32 under autocast (regression heads)
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, norm: str = "bn"):
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden: int = 64, norm: str = "bn",
+        fusion: nn.Module | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
+        # registered first: a one-task model then creates (and seeds) its modules in the same
+        # order under every model.neck_sharing, so its single-task baseline is the same network
+        self.fusion = fusion
         self.out_channels = out_channels
         self.block = conv_norm_act(in_channels, hidden, 3, norm)
         self.pred = nn.Conv2d(hidden, out_channels, 1)
@@ -37,9 +48,12 @@ class DenseHead(nn.Module):
     def activate(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Stride-4 features -> prediction at ``size``: upsample 4x (to the padded input size),
-        crop bottom/right by slicing (trace-friendly: no size is turned into a Python int)."""
+    def forward(self, x: torch.Tensor | list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Stride-4 features (pyramid levels with a ``fusion``) -> prediction at ``size``:
+        upsample 4x (to the padded input size), crop bottom/right by slicing (trace-friendly: no
+        size is turned into a Python int)."""
+        if self.fusion is not None:
+            x = self.fusion(x)
         x = self.block(x)
         if self.fp32_pred and torch.is_autocast_enabled(x.device.type):
             # no autocast context without autocast: export and tracing see the plain graph
@@ -67,9 +81,9 @@ class TaskHead(DenseHead):
 
     def __init__(
         self, spec: TaskSpec, in_channels: int, out_channels: int, hidden: int, norm: str,
-        model_cfg: Any = None,
+        model_cfg: Any = None, fusion: nn.Module | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(in_channels, out_channels, hidden, norm)
+        super().__init__(in_channels, out_channels, hidden, norm, fusion)
         self.spec, self.model_cfg = spec, model_cfg
         self.fp32_pred = spec.fp32_head
 
@@ -84,7 +98,10 @@ def build_head(
     hidden: int = 64,
     norm: str = "bn",
     model_cfg: Any = None,
+    fusion: nn.Module | None = None,
 ) -> DenseHead:
-    """The head of ``task`` (an unknown task is a ValueError listing the known ones)."""
+    """The head of ``task`` (an unknown task is a ValueError listing the known ones); with a
+    ``fusion`` it takes pyramid levels instead of one stride-4 map."""
     spec = get_task(task)
-    return TaskHead(spec, in_channels, spec.out_channels(num_classes), hidden, norm, model_cfg)
+    out = spec.out_channels(num_classes)
+    return TaskHead(spec, in_channels, out, hidden, norm, model_cfg, fusion)

@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvmtl.models.backbone import TimmBackbone
-from cvmtl.models.neck import FPN
+from cvmtl.models.neck import FPN, Levels, flatten_maps, unflatten_maps
+
+
+def as_features(neck_out: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """The neck's output as one tensor: a fused map as is, pyramid levels flattened."""
+    return neck_out if isinstance(neck_out, torch.Tensor) else flatten_maps(neck_out)
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -34,13 +39,22 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
 class MultiTaskModel(nn.Module):
     """Hard parameter sharing: ``backbone -> neck -> {task: head}``.
 
-    ``forward_features`` returns the shared representation (the fused stride-4 FPN map of the
-    padded image); gradient balancers with ``loss.grad_source=features`` differentiate w.r.t. it.
-    A model with one task is the single-task baseline.
+    The neck is shared (``model.neck_sharing``). ``pyramid`` (the default): it returns the FPN's
+    levels and each head fuses them its own way (a Panoptic-FPN merge per task); ``all``: it
+    also fuses them once into the stride-4 map every head reads; ``none``: it passes the
+    backbone levels through and each head holds a whole FPN. ``forward_features`` returns the
+    shared representation of the padded image (the levels flattened and concatenated, or the
+    fused map): the exact input of everything task-specific, which gradient balancers with
+    ``loss.grad_source=features`` differentiate. A model with one task is the single-task
+    baseline: the same network, initialized alike, under every ``neck_sharing``.
     """
 
     def __init__(
-        self, backbone: TimmBackbone, neck: FPN, heads: dict[str, nn.Module], num_classes: int
+        self,
+        backbone: TimmBackbone,
+        neck: FPN | Levels,
+        heads: dict[str, nn.Module],
+        num_classes: int,
     ):
         super().__init__()
         if not heads:
@@ -54,21 +68,30 @@ class MultiTaskModel(nn.Module):
         self.feature_stride: int = neck.out_stride
 
     def forward_features(self, image: torch.Tensor) -> torch.Tensor:
-        """The shared representation [B, neck_channels, Hp/4, Wp/4] of the padded image."""
-        return self.neck(self.backbone(pad_to_multiple(image, self.size_divisor)))
+        """The shared representation of the padded image: [B, sum_l C Hp/s_l Wp/s_l] (pyramid
+        levels, flattened) or, with a shared fusion, the map [B, C, Hp/4, Wp/4]."""
+        return as_features(self.neck(self.backbone(pad_to_multiple(image, self.size_divisor))))
 
     def forward_heads(
         self, features: torch.Tensor, size: tuple[int, int]
     ) -> dict[str, torch.Tensor]:
-        """``{task: prediction}`` at ``size`` (the original (H, W)) from shared ``features``.
+        """``{task: prediction}`` at ``size`` (the original (H, W)) from ``forward_features``."""
+        shared: torch.Tensor | list[torch.Tensor] = features
+        if self.neck.fuse is None:
+            h, w = (-(-int(v) // self.size_divisor) * self.size_divisor for v in size)
+            shared = unflatten_maps(features, self.neck.shapes(h, w))
+        return self._heads(shared, size)
 
-        ``size`` may hold traced sizes (``image.shape[-2:]``): it is only sliced with, never
-        turned into Python ints, so exported graphs crop to their input's size.
-        """
-        return {task: head(features, size) for task, head in self.heads.items()}
+    def _heads(
+        self, shared: torch.Tensor | list[torch.Tensor], size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        # ``size`` may hold traced sizes (``image.shape[-2:]``): it is only sliced with, never
+        # turned into Python ints, so exported graphs crop to their input's size.
+        return {task: head(shared, size) for task, head in self.heads.items()}
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.forward_heads(self.forward_features(image), image.shape[-2:])
+        shared = self.neck(self.backbone(pad_to_multiple(image, self.size_divisor)))
+        return self._heads(shared, image.shape[-2:])
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Backbone and neck parameters (what every task's gradient flows through)."""
@@ -76,7 +99,7 @@ class MultiTaskModel(nn.Module):
         yield from self.neck.parameters()
 
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
-        """Parameters only ``task`` uses (its head)."""
+        """Parameters only ``task`` uses (its head, with its level fusion)."""
         if task not in self.heads:
             raise ValueError(f"unknown task {task!r} (model tasks: {', '.join(self.tasks)})")
         return self.heads[task].parameters()

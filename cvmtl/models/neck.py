@@ -1,12 +1,16 @@
-"""FPN neck fused into one stride-4 map (Panoptic-FPN's semantic branch).
+"""The FPN neck and Panoptic-FPN's merge of its levels into one stride-4 map.
 
-Lateral 1x1 convs + top-down sum + 3x3 smoothing over every backbone level; then each level is
-brought to stride 4 by conv-norm-relu(-2x upsample) stages and the levels are summed.
+Lateral 1x1 convs + top-down sum + 3x3 smoothing over every backbone level give the pyramid;
+:class:`LevelFusion` brings each level to stride 4 by conv-norm-relu(-2x upsample) stages and
+sums them. The default network gives every task its own fusion of the shared pyramid
+(``model.neck_sharing: pyramid``); ``all`` fuses once for all heads, ``none`` gives every task
+its own FPN (:class:`Levels` passes the backbone levels through).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +40,66 @@ def conv_norm_act(cin: int, cout: int, kernel: int, norm: str, act: bool = True)
     return nn.Sequential(*layers)
 
 
-class FPN(nn.Module):
-    """Feature pyramid over levels with ``in_channels`` at ``strides``; returns one stride-4 map.
+class LevelFusion(nn.ModuleList):
+    """Panoptic-FPN's semantic merge: each pyramid level is brought to stride 4 by
+    conv-norm-relu(-2x upsample) stages (at least one per level) and the levels are summed.
 
+    One per task (``model.neck_sharing: pyramid``) lets every task read the shared pyramid its
+    own way; one shared by all tasks (``all``) gives every head the same fused map.
+    """
+
+    def __init__(self, strides: list[int], channels: int, norm: str = "bn"):
+        super().__init__()
+        self.strides = list(strides)
+        # 2x upsamplings per level: log2(stride / 4) for a padded input (what the export relies
+        # on: no size comparison in forward); other ratios end with an exact resize
+        self.ups: list[int] = []
+        for s in strides:
+            ups = max(int(round(math.log2(s / OUT_STRIDE))), 0)
+            stages = [conv_norm_act(channels, channels, 3, norm) for _ in range(max(ups, 1))]
+            self.append(nn.ModuleList(stages))
+            self.ups.append(ups if OUT_STRIDE * 2**ups == s else -1)
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """Pyramid levels (finest first) -> their sum at stride 4 (the finest level's size times
+        its stride / 4).
+
+        Written for tracing with dynamic sizes: sizes are only multiplied and passed on, and the
+        upsampling steps come from the strides, not from comparing sizes. For an input padded
+        to the largest stride (as :class:`MultiTaskModel` pads it) every level then lands on the
+        target size; an unpadded one is resized to it (eager only: a traced graph assumes padded
+        inputs).
+        """
+        f = self.strides[0] // OUT_STRIDE
+        target = (levels[0].shape[-2] * f, levels[0].shape[-1] * f)
+        fused = None
+        for x, stages, ups in zip(levels, self, self.ups):
+            for i, stage in enumerate(stages):
+                x = stage(x)
+                if i < ups:
+                    x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            if ups < 0 or (_eager() and x.shape[-2:] != target):
+                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+            fused = x if fused is None else fused + x
+        assert fused is not None
+        return fused
+
+
+class FPN(nn.Module):
+    """Feature pyramid over levels with ``in_channels`` at ``strides``.
+
+    Returns one stride-4 map (``fuse=True``: the pyramid then its :class:`LevelFusion`) or the
+    pyramid levels themselves, finest first (``fuse=False``: each task head fuses them).
     Levels finer than stride 4 must be dropped by the backbone beforehand.
     """
 
     def __init__(
-        self, in_channels: list[int], strides: list[int], channels: int = 128, norm: str = "bn"
+        self,
+        in_channels: list[int],
+        strides: list[int],
+        channels: int = 128,
+        norm: str = "bn",
+        fuse: bool = True,
     ):
         super().__init__()
         if len(in_channels) != len(strides) or not strides:
@@ -60,44 +116,57 @@ class FPN(nn.Module):
         self.smooth = nn.ModuleList(
             conv_norm_act(channels, channels, 3, norm, False) for _ in strides
         )
-        self.fuse = nn.ModuleList()
-        # 2x upsamplings per level: log2(stride / 4) for a padded input (what the export relies
-        # on: no size comparison in forward); other ratios end with an exact resize
-        self.ups: list[int] = []
-        for s in strides:
-            ups = max(int(round(math.log2(s / OUT_STRIDE))), 0)
-            # one conv stage per 2x upsampling (at least one, as in Panoptic FPN)
-            stages = [conv_norm_act(channels, channels, 3, norm) for _ in range(max(ups, 1))]
-            self.fuse.append(nn.ModuleList(stages))
-            self.ups.append(ups if OUT_STRIDE * 2**ups == s else -1)
+        self.fuse = LevelFusion(strides, channels, norm) if fuse else None
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """Levels -> the fused map at stride 4 (the finest level's size times its stride / 4).
-
-        Written for tracing with dynamic sizes: sizes are only multiplied and passed on, and
-        the upsampling steps come from the strides, not from comparing sizes. For an input
-        padded to the largest stride (as :class:`MultiTaskModel` pads it) every level then
-        lands on the target size; an unpadded one is resized to it (eager only: a traced graph
-        assumes padded inputs).
-        """
+    def levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Backbone levels -> pyramid levels (lateral 1x1, top-down sum, 3x3 smoothing)."""
         lat = [conv(f) for conv, f in zip(self.lateral, feats)]
         # top-down: coarse semantics added into finer levels
         for i in range(len(lat) - 2, -1, -1):
             lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
-        outs = [conv(x) for conv, x in zip(self.smooth, lat)]
-        f = self.strides[0] // OUT_STRIDE
-        target = (feats[0].shape[-2] * f, feats[0].shape[-1] * f)
-        fused = None
-        for x, stages, ups in zip(outs, self.fuse, self.ups):
-            for i, stage in enumerate(stages):
-                x = stage(x)
-                if i < ups:
-                    x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-            if ups < 0 or (_eager() and x.shape[-2:] != target):
-                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
-            fused = x if fused is None else fused + x
-        assert fused is not None
-        return fused
+        return [conv(x) for conv, x in zip(self.smooth, lat)]
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """Levels -> the fused stride-4 map, or the pyramid levels when not fusing."""
+        levels = self.levels(feats)
+        return levels if self.fuse is None else self.fuse(levels)
+
+    def shapes(self, h: int, w: int) -> list[tuple[int, int, int]]:
+        """(C, H, W) of each returned level for a padded (``h``, ``w``) input (not fusing)."""
+        return [(self.channels, h // s, w // s) for s in self.strides]
+
+
+class Levels(nn.Module):
+    """A neck that shares nothing of its own: the backbone levels pass through to the heads,
+    each of which holds a whole FPN (``model.neck_sharing: none``)."""
+
+    fuse = None
+    out_stride = OUT_STRIDE
+
+    def __init__(self, channels: list[int], strides: list[int]):
+        super().__init__()
+        self.level_channels, self.strides = list(channels), list(strides)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return list(feats)
+
+    def shapes(self, h: int, w: int) -> list[tuple[int, int, int]]:
+        """(C, H, W) of each backbone level for a padded (``h``, ``w``) input."""
+        return [(c, h // s, w // s) for c, s in zip(self.level_channels, self.strides)]
+
+
+def flatten_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[B, C_i, H_i, W_i] maps -> one [B, sum C_i H_i W_i] tensor (a features-mode z)."""
+    return torch.cat([m.flatten(1) for m in maps], dim=1)
+
+
+def unflatten_maps(
+    flat: torch.Tensor, shapes: Sequence[tuple[int, int, int]]
+) -> list[torch.Tensor]:
+    """Inverse of :func:`flatten_maps` for per-map (C, H, W) ``shapes``."""
+    sizes = [c * h * w for c, h, w in shapes]
+    parts = torch.split(flat, sizes, dim=1)
+    return [p.reshape(flat.shape[0], *s) for p, s in zip(parts, shapes)]
 
 
 def _eager() -> bool:

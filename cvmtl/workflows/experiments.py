@@ -40,6 +40,11 @@ VARIANTS: dict[str, list[str]] = {
     # fpn with twice the neck / head width (1.7x the demo's forward FLOPs, near MTAN's 1.8-2.3x):
     # whether an architecture's gain is its design or only its extra compute
     "fpn_wide": ["loss.balancer=fixed", "model.neck_channels=128", "model.head_channels=64"],
+    # fpn's neck sharing (model.neck_sharing; the default, "fixed", shares the pyramid levels):
+    # all = one fused stride-4 map for every head (fpn before the per-task fusion), none = one
+    # FPN per task on the shared backbone
+    "fpn_shared": ["loss.balancer=fixed", "model.neck_sharing=all"],
+    "fpn_task_necks": ["loss.balancer=fixed", "model.neck_sharing=none"],
 }
 
 

@@ -126,20 +126,6 @@ def padded_size(size: Sequence[Any], divisor: int) -> tuple[int, int]:
     return (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
 
 
-def flatten_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """[B, C_i, H_i, W_i] maps -> one [B, sum C_i H_i W_i] tensor (a features-mode z)."""
-    return torch.cat([m.flatten(1) for m in maps], dim=1)
-
-
-def unflatten_maps(
-    flat: torch.Tensor, shapes: Sequence[tuple[int, int, int]]
-) -> list[torch.Tensor]:
-    """Inverse of :func:`flatten_maps` for per-map (C, H, W) ``shapes``."""
-    sizes = [c * h * w for c, h, w in shapes]
-    parts = torch.split(flat, sizes, dim=1)
-    return [p.reshape(flat.shape[0], *s) for p, s in zip(parts, shapes)]
-
-
 def resize_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """``x`` bilinearly resized to ``ref``'s spatial size."""
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)

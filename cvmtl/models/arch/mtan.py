@@ -27,14 +27,12 @@ from torch import nn
 from cvmtl.models.arch.common import (
     ArchModel,
     conv_block,
-    flatten_maps,
     make_backbone,
     padded_size,
     task_head,
-    unflatten_maps,
 )
 from cvmtl.models.multitask import pad_to_multiple
-from cvmtl.models.neck import FPN, OUT_STRIDE, norm_layer
+from cvmtl.models.neck import FPN, OUT_STRIDE, flatten_maps, norm_layer, unflatten_maps
 
 
 def _gate(cin: int, cout: int, norm: str) -> nn.Sequential:

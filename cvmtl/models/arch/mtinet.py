@@ -27,15 +27,13 @@ from torch import nn
 from cvmtl.models.arch.common import (
     AUX,
     ArchModel,
-    flatten_maps,
     make_backbone,
     padded_size,
     task_head,
-    unflatten_maps,
 )
 from cvmtl.models.arch.padnet import Distillation, initial_block
 from cvmtl.models.multitask import pad_to_multiple
-from cvmtl.models.neck import OUT_STRIDE, conv_norm_act
+from cvmtl.models.neck import OUT_STRIDE, conv_norm_act, flatten_maps, unflatten_maps
 
 
 class PyramidLevels(nn.Module):

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from cvmtl.models.multitask import pad_to_multiple
+from cvmtl.models.multitask import as_features, pad_to_multiple
 
 LossFn = Callable[[dict[str, torch.Tensor], dict], dict[str, torch.Tensor]]
 _EPS = 1e-12
@@ -101,7 +101,7 @@ def staged_forward(
 ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
     """The stage outputs (backbone levels, then the neck map) and the predictions."""
     feats = list(model.backbone(pad_to_multiple(image, model.size_divisor)))
-    z = model.neck(feats)
+    z = as_features(model.neck(feats))
     return [*feats, z], model.forward_heads(z, image.shape[-2:])
 
 

@@ -1,0 +1,107 @@
+"""model.neck_sharing: what the tasks share of the FPN, with the single-task model unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cvmtl.config import load_config
+from cvmtl.engine.restore import config_from_checkpoint
+from cvmtl.models import build_model
+from cvmtl.models.neck import FPN, LevelFusion, Levels
+
+SHARINGS = ["pyramid", "all", "none"]
+
+
+def make_cfg(*overrides: str):
+    small = ["model.neck_channels=16", "model.head_channels=8", "data.crop=[64,96]"]
+    return load_config(None, [*small, *overrides])
+
+
+def test_default_shares_the_pyramid_and_fuses_per_task() -> None:
+    model = build_model(make_cfg())
+    assert isinstance(model.neck, FPN) and model.neck.fuse is None
+    fusions = [model.heads[t].fusion for t in model.tasks]
+    assert all(isinstance(f, LevelFusion) for f in fusions)
+    assert len({id(f) for f in fusions}) == len(fusions)  # one per task, nothing shared
+    shared = {id(p) for p in model.shared_parameters()}
+    for task in model.tasks:  # a task's fusion is its own parameters, not shared ones
+        fusion = {id(p) for p in model.heads[task].fusion.parameters()}
+        assert fusion <= {id(p) for p in model.task_parameters(task)}
+        assert fusion.isdisjoint(shared)
+
+
+def test_all_and_none_shares() -> None:
+    shared_all = build_model(make_cfg("model.neck_sharing=all"))
+    assert isinstance(shared_all.neck.fuse, LevelFusion)
+    assert all(shared_all.heads[t].fusion is None for t in shared_all.tasks)
+    none = build_model(make_cfg("model.neck_sharing=none"))
+    assert isinstance(none.neck, Levels) and not list(none.neck.parameters())
+    assert all(isinstance(none.heads[t].fusion, FPN) for t in none.tasks)
+    # nothing of a neck left to share: the shared parameters are the backbone's
+    assert {id(p) for p in none.shared_parameters()} == {id(p) for p in none.backbone.parameters()}
+
+
+@pytest.mark.parametrize("sharing", SHARINGS)
+def test_features_mode_split_equals_forward(sharing: str) -> None:
+    """forward_heads(forward_features(x)) is exactly forward(x), and the gradient reaching the
+    shared representation is the sum of what reaches the neck's output in the plain forward."""
+    torch.manual_seed(0)
+    model = build_model(make_cfg(f"model.neck_sharing={sharing}")).eval()
+    image = torch.randn(2, 3, 60, 90)  # padded to 64x96 inside
+    with torch.no_grad():
+        plain = model(image)
+        z = model.forward_features(image)
+        split = model.forward_heads(z, image.shape[-2:])
+    for task in model.tasks:
+        assert torch.equal(plain[task], split[task])
+    # gradients: through the flattened representation == through the model as a whole
+    zd = model.forward_features(image).detach().requires_grad_()
+    loss = sum(v.float().square().mean() for v in model.forward_heads(zd, (60, 90)).values())
+    loss.backward()
+    by_z = [p.grad.clone() for p in model.heads.parameters()]
+    model.zero_grad()
+    loss2 = sum(v.float().square().mean() for v in model(image).values())
+    loss2.backward()
+    for a, p in zip(by_z, model.heads.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("task", ["seg", "depth"])
+def test_single_task_model_is_the_same_network_under_every_sharing(task: str) -> None:
+    """The baselines do not change with neck_sharing: same modules, created in the same order
+    (so seeded alike), same predictions."""
+    image = torch.randn(2, 3, 64, 96)
+    outs, params = {}, {}
+    for sharing in SHARINGS:
+        torch.manual_seed(3)
+        model = build_model(make_cfg(f"tasks=[{task}]", f"model.neck_sharing={sharing}")).eval()
+        with torch.no_grad():
+            outs[sharing] = model(image)[task]
+        params[sharing] = sorted(float(p.detach().double().sum()) for p in model.parameters())
+    for sharing in SHARINGS[1:]:
+        assert torch.equal(outs[sharing], outs["pyramid"])
+        assert params[sharing] == params["pyramid"]
+
+
+def test_multi_task_per_task_fusion_costs_more_than_shared() -> None:
+    per_task = build_model(make_cfg())
+    shared = build_model(make_cfg("model.neck_sharing=all"))
+    extra = sum(p.numel() for p in per_task.parameters()) - sum(
+        p.numel() for p in shared.parameters()
+    )
+    one_fusion = sum(p.numel() for p in shared.neck.fuse.parameters())
+    assert extra == (len(per_task.tasks) - 1) * one_fusion
+
+
+def test_checkpoint_config_without_the_key_is_the_shared_design() -> None:
+    """Checkpoints written before model.neck_sharing existed hold the one shared fusion."""
+    cfg = config_from_checkpoint({"config": {"model": {"backbone": "resnet18"}}})
+    assert cfg.model.neck_sharing == "all"
+    cfg = config_from_checkpoint({"config": {"model": {"neck_sharing": "none"}}})
+    assert cfg.model.neck_sharing == "none"
+
+
+def test_unknown_value_is_one_line() -> None:
+    with pytest.raises(ValueError, match="model.neck_sharing"):
+        make_cfg("model.neck_sharing=heads")
