@@ -34,8 +34,16 @@ setup(
     extras_require={
         # ruff pinned to a minor series: a new release's rules must not fail CI on old code
         # test references only: pyedgeeval (BSDS correspondPixels, a C++ build of ~35 s at
-        # install) for the exact edge matcher, scikit-image's thin for cvmtl.data.thinning
-        "dev": ["pytest", "pytest-timeout", "ruff~=0.17.6", "pyedgeeval==0.2.8", "scikit-image"]
+        # install) for the exact edge matcher, scikit-image's thin for cvmtl.data.thinning,
+        # segmentation_models_pytorch's FPN for the single-task segmentation comparison
+        "dev": [
+            "pytest",
+            "pytest-timeout",
+            "ruff~=0.17.6",
+            "pyedgeeval==0.2.8",
+            "scikit-image",
+            "segmentation-models-pytorch==0.6.0",
+        ]
         + EXPORT,
         "export": EXPORT,
     },

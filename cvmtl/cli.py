@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "prepare-nyuv2": "prepare_nyuv2",
     "demo": "demo",
     "compare-balancers": "compare_balancers",
+    "compare-smp": "compare_smp",
 }
 COMMANDS_PACKAGE = "cvmtl.commands"
 

@@ -23,6 +23,7 @@ FLAGS: dict[str, list[list[str]]] = {
     "affinity": [["--config", "synthetic_demo"], ["--batches", "2"], ["--split", "val"]],
     "demo": [["--config", "synthetic_demo"], ["--train", "4"], ["--fresh"]],
     "compare-balancers": [["--config", "synthetic_demo"], ["--seeds", "0"], ["--table-only"]],
+    "compare-smp": [["--config", "synthetic_demo"], ["--seeds", "0"], ["--out", "o"]],
     "make-synthetic": [["--out", "d"], ["--train", "2"], ["--no-progress"]],
     "prepare-nyuv2": [["--mat", "a"], ["--splits", "b"], ["--mapping", "c"], ["--out", "d"]],
 }
