@@ -90,3 +90,26 @@ def test_preserved_rng_isolates_draws():
     with ck.preserved_rng():
         _ = torch.rand(100), np.random.rand(5), random.random()
     assert torch.equal(torch.rand(2), a)
+
+
+def test_linked_checkpoint_is_one_file_until_replaced(tmp_path):
+    """best.pt and last.pt of a best epoch are one file; a later last.pt leaves best.pt alone."""
+    best = ck.save_checkpoint({"step": 3, "w": torch.ones(4)}, tmp_path / "best.pt")
+    last = ck.link_checkpoint(best, tmp_path / "last.pt")
+    assert last.samefile(best) and ck.load_checkpoint(last)["step"] == 3
+    ck.save_checkpoint({"step": 5, "w": torch.zeros(4)}, tmp_path / "last.pt")
+    assert not last.samefile(best)
+    assert ck.load_checkpoint(best)["step"] == 3 and ck.load_checkpoint(last)["step"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temps
+
+
+def test_linked_checkpoint_copies_without_hard_links(tmp_path, monkeypatch):
+    best = ck.save_checkpoint({"step": 3, "w": torch.arange(4.0)}, tmp_path / "best.pt")
+
+    def no_links(*args):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(ck.os, "link", no_links)  # a file system without hard links
+    last = ck.link_checkpoint(best, tmp_path / "last.pt")
+    assert not last.samefile(best)
+    assert torch.equal(ck.load_checkpoint(last)["w"], torch.arange(4.0))

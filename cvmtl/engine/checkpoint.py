@@ -57,6 +57,25 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def link_checkpoint(source: str | Path, path: str | Path) -> Path:
+    """Make ``path`` the same file as the finished checkpoint ``source``, atomically: a hard link
+    under a temp name, then a rename (a second copy where the file system has no hard links).
+
+    last.pt and best.pt of a best epoch hold the same checkpoint: linking spares writing (and
+    fsyncing) it twice. Replacing either later writes a new file, so the other keeps its content.
+    """
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links here (some network / FUSE file systems): copy
+        return save_checkpoint(load_checkpoint(source), path)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
 def _remove_stale_temps(path: Path) -> None:
     """Delete temp files of ``path`` left by writers that died mid-write (``kill -9``, OOM
     killer): nothing else would ever remove them. A temp file of a live process is kept."""

@@ -12,7 +12,13 @@ from torch import nn
 from cvmtl import distributed as du
 from cvmtl.config import Config, to_dict
 from cvmtl.engine.best import BestTracker
-from cvmtl.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from cvmtl.engine.checkpoint import (
+    get_rng_state,
+    link_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from cvmtl.engine.logging import RunLogger
 from cvmtl.engine.optim import ModelEMA
 from cvmtl.engine.signals import GracefulStop
@@ -82,8 +88,10 @@ class Run:
             # last.pt and redoes this step, saving best.pt again (last first would leave a stale
             # best.pt behind a last.pt that already counts it)
             if best:
-                save_checkpoint(ckpt, self.cfg.run_dir / "best.pt")
-            save_checkpoint(ckpt, self.cfg.run_dir / "last.pt")
+                best_path = save_checkpoint(ckpt, self.cfg.run_dir / "best.pt")
+                link_checkpoint(best_path, self.cfg.run_dir / "last.pt")
+            else:
+                save_checkpoint(ckpt, self.cfg.run_dir / "last.pt")
         du.barrier()
 
     def summary(self, val: Any, test: Any, interrupted: int | None) -> dict[str, Any]:
