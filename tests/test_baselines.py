@@ -144,7 +144,7 @@ def test_rerun_resumes_an_interrupted_baseline_of_the_same_config(tmp_path, monk
 
     monkeypatch.setattr(trainer, "fit", recording_fit)
     train_baselines(cfg)
-    assert calls == [{"resume": True}]
+    assert calls == [{"resume": True, "test": True}]
     assert load_checkpoint(last)["step"] == 2 and best.is_file()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from cvmtl.engine.optim import ModelEMA, build_optimizer, build_scheduler
 from cvmtl.engine.run import Run, TrainState, config_changes, restore_state
 from cvmtl.precision import describe_precision, make_scaler, resolve_precision
 
+Roles = Sequence[str] | None  # which loaders a run builds (None: every split there is)
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices). Every rank uses the same seed: the model must
@@ -43,8 +46,11 @@ def broadcast_module(model: nn.Module) -> None:
             torch.distributed.broadcast(t.data, src=0)
 
 
-def build_run(cfg: Config, resume: Any, distributed: bool, device: torch.device) -> Run:
-    """Everything a run needs, restored from its checkpoint when resuming."""
+def build_run(
+    cfg: Config, resume: Any, distributed: bool, device: torch.device, roles: Roles = None
+) -> Run:
+    """Everything a run needs, restored from its checkpoint when resuming. ``roles``: the
+    loaders to build (default: train, plus val and test where they exist)."""
     # Imported here: they pull in timm / albumentations, and the modules stay importable alone.
     from cvmtl.balancers import build_balancer
     from cvmtl.data.loader import build_loaders
@@ -59,7 +65,7 @@ def build_run(cfg: Config, resume: Any, distributed: bool, device: torch.device)
         )
     ckpt = read_checkpoint(cfg, resume)
     seed_everything(cfg.train.seed)
-    loaders = build_loaders(cfg, distributed)
+    loaders = build_loaders(cfg, distributed, splits=roles)
     model = build_model(cfg).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,17 @@ from cvmtl.engine.optim import base_lr
 from cvmtl.engine.run import Run
 from cvmtl.engine.signals import stop_agreed
 
+# on_validate(step, values): values = the validation's logged metrics ("task/metric", "delta_m")
+ValidateHook = Callable[[int, dict[str, float]], None]
 
-def fit(cfg: Config, *, resume: bool | str | Path | None = None) -> dict[str, Any]:
+
+def fit(
+    cfg: Config,
+    *,
+    resume: bool | str | Path | None = None,
+    on_validate: ValidateHook | None = None,
+    test: bool = True,
+) -> dict[str, Any]:
     """Train ``cfg`` into ``cfg.run_dir``; return a summary dict.
 
     ``resume``: True continues ``cfg.run_dir/last.pt``; a path continues that checkpoint (or that
@@ -42,21 +52,27 @@ def fit(cfg: Config, *, resume: bool | str | Path | None = None) -> dict[str, An
     Summary keys: run_dir, step, epoch, best ({metric, value, step}), val and test
     ({task: {metric: value}} of the last validation / the final test evaluation, or None),
     skipped_steps, interrupted (signal number or None).
+
+    ``on_validate(step, values)`` is called on every rank after each validation, once its
+    ``last.pt`` / ``best.pt`` are saved; an exception it raises (a sweep's pruned trial) ends
+    ``fit`` with the logs closed. ``test=False`` builds no test loader: the test split is never
+    read (the summary's test is None) and a missing validation split is an error.
     """
     # The process group stays up after fit (a caller may train again, e.g. the baselines);
     # tools/train.py tears it down.
     distributed, device = du.init_distributed(cfg.train.device)
-    run = build_run(cfg, resume, distributed, device)
+    run = build_run(cfg, resume, distributed, device, roles=None if test else ("train", "val"))
     try:
-        return _loop(run)
+        return _loop(run, on_validate)
     finally:
         run.stop.restore()
         run.logger.close()
         run.release()
 
 
-def _loop(run: Run) -> dict[str, Any]:
-    """Epochs until ``total_steps``: train, validate, save; then test best.pt."""
+def _loop(run: Run, on_validate: ValidateHook | None = None) -> dict[str, Any]:
+    """Epochs until ``total_steps``: train, validate, save (then ``on_validate``); then test
+    best.pt."""
     state, logger = run.state, run.logger
     val_results = None
     logger.start_progress(run.total_steps, initial=state.step)
@@ -73,10 +89,12 @@ def _loop(run: Run) -> dict[str, Any]:
         if finished_epoch:
             run.balancer.epoch_end()
             state.epoch, state.batch = state.epoch + 1, 0
-        is_best = False
-        if _validation_due(run, finished_epoch):
+        is_best, validated = False, _validation_due(run, finished_epoch)
+        if validated:
             val_results, is_best = validate(run, epoch_done)
         run.save(best=is_best)
+        if validated and on_validate is not None:
+            on_validate(state.step, validation_values(run, val_results))
         if stop_agreed(run.stop, run.device):
             logger.info(f"stopped by signal {run.stop.signum} at step {state.step}")
             return run.summary(val_results, None, interrupted=run.stop.signum)
@@ -209,9 +227,7 @@ def validate(run: Run, epoch: int) -> tuple[dict, bool]:
             device=run.device, collect=num_vis, samples=samples,
         )  # fmt: skip
     dm = run.best.delta_m(results)
-    values = flat_metrics(results)
-    if dm is not None:
-        values["delta_m"] = float(dm["overall"])
+    values = validation_values(run, results, dm)
     run.logger.log(state.step, epoch, "val", values)
     for i, panel in enumerate(prediction_panels(samples, cfg)):
         run.logger.image(f"val/pred_{i}", panel, state.step)
@@ -224,6 +240,16 @@ def validate(run: Run, epoch: int) -> tuple[dict, bool]:
     )
     run.logger.flush()
     return results, is_best
+
+
+def validation_values(run: Run, results: dict, dm: dict | None = None) -> dict[str, float]:
+    """The logged values of a validation: ``task/metric`` scalars, and ``delta_m`` (overall)
+    when the run has validation baselines."""
+    dm = run.best.delta_m(results) if dm is None else dm
+    values = flat_metrics(results)
+    if dm is not None:
+        values["delta_m"] = float(dm["overall"])
+    return values
 
 
 def load_best_everywhere(model: nn.Module, best_path: Path) -> bool:

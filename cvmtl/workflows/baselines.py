@@ -71,9 +71,15 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def train_baselines(cfg: Config, tasks: list[str] | None = None) -> dict[str, Any]:
+def train_baselines(
+    cfg: Config, tasks: list[str] | None = None, *, test: bool = True
+) -> dict[str, Any]:
     """Train the baselines of ``tasks`` (default all of ``cfg.tasks``); write and return
     baselines.json's content ``{split: {task: {metric: value}}}``.
+
+    ``test=False`` never reads the test split (a sweep chooses on validation only): the
+    baselines are trained and scored on validation; a later call with ``test=True`` reuses the
+    finished runs and adds their test metrics.
 
     A baseline whose folder already holds a finished run of the same config is not retrained; an
     interrupted one of the same config is resumed from its ``last.pt``.
@@ -86,13 +92,14 @@ def train_baselines(cfg: Config, tasks: list[str] | None = None) -> dict[str, An
     tasks = list(tasks or cfg.tasks)
     du.init_distributed(cfg.train.device)  # under torchrun: steps per epoch are per rank
     total = multitask_steps(cfg)
+    read_test = test  # the flag; ``test`` then collects the test metrics
     val, test, runs = {}, {}, {}
     for task in tasks:
         bcfg = baseline_config(cfg, task, total)
         prior = prior_run(bcfg, total)
         done = prior if prior is not None and prior["finished"] else None
         if done is None:
-            result = fit(bcfg, resume=resume_flag(prior, total))
+            result = fit(bcfg, resume=resume_flag(prior, total), test=read_test)
             if result["interrupted"]:
                 raise TrainingInterrupted(int(result["interrupted"]), task)
             step, best = int(result["step"]), result["best"]
@@ -100,7 +107,7 @@ def train_baselines(cfg: Config, tasks: list[str] | None = None) -> dict[str, An
             step, best, result = done["step"], done["best"], {"test": None}
         if not du.is_main_process():
             continue
-        roles = ["val"] if result["test"] is not None else ["val", "test"]
+        roles = ["val"] if result["test"] is not None or not read_test else ["val", "test"]
         found = _evaluate_best(bcfg, roles)
         if "val" in found:
             val[task] = scalars(found["val"][task])
@@ -157,7 +164,7 @@ def _evaluate_best(bcfg: Config, roles: list[str]) -> dict[str, dict]:
         return {}
     device = resolve_device(bcfg.train.device, "train.device")
     model = build_from_weights(bcfg, load_checkpoint(path)["model"], device, str(path))
-    loaders = build_loaders(bcfg, False)
+    loaders = build_loaders(bcfg, False, splits=None if "test" in roles else roles)
     out = {}
     for role in roles:
         if loaders.get(role) is not None:
