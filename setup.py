@@ -12,7 +12,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["cvmtl", "cvmtl.*"]),
-    package_data={"cvmtl.configs": ["*.yaml"]},
+    package_data={"cvmtl.configs": ["*.yaml", "sweeps/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.6",  # nn.utils.get_total_norm / clip_grads_with_norm_
@@ -30,6 +30,7 @@ setup(
         "matplotlib",
         "safetensors",
         "pillow",
+        "optuna>=4.0",  # cvmtl sweep (JournalFileBackend)
     ],
     extras_require={
         # ruff pinned to a minor series: a new release's rules must not fail CI on old code

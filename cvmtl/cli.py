@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "compare-balancers": "compare_balancers",
     "compare-smp": "compare_smp",
+    "sweep": "sweep",
 }
 COMMANDS_PACKAGE = "cvmtl.commands"
 

@@ -24,6 +24,7 @@ FLAGS: dict[str, list[list[str]]] = {
     "demo": [["--config", "synthetic_demo"], ["--train", "4"], ["--fresh"]],
     "compare-balancers": [["--config", "synthetic_demo"], ["--seeds", "0"], ["--table-only"]],
     "compare-smp": [["--config", "synthetic_demo"], ["--seeds", "0"], ["--out", "o"]],
+    "sweep": [["--config", "synthetic_demo"], ["--space", "s.yaml"], ["--trials", "3"]],
     "make-synthetic": [["--out", "d"], ["--train", "2"], ["--no-progress"]],
     "prepare-nyuv2": [["--mat", "a"], ["--splits", "b"], ["--mapping", "c"], ["--out", "d"]],
 }

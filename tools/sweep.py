@@ -1,0 +1,14 @@
+"""Hyper-parameter sweeps on Optuna (validation delta_m, pruning, many workers).
+
+The code is in cvmtl/commands/sweep.py; this file runs it from a checkout.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+from cvmtl.commands.sweep import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
