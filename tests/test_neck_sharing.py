@@ -84,6 +84,29 @@ def test_single_task_model_is_the_same_network_under_every_sharing(task: str) ->
         assert params[sharing] == params["pyramid"]
 
 
+def test_single_task_model_trains_identically_under_every_sharing() -> None:
+    """Same parameter order (the optimizer's groups) and the same arithmetic: two AdamW steps of
+    the one-task model leave the same weights whatever ``neck_sharing`` says."""
+    from cvmtl.engine.optim import build_optimizer
+
+    torch.manual_seed(0)
+    image, target = torch.randn(4, 3, 64, 96), torch.randn(4, 1, 64, 96).abs()
+    weights = {}
+    for sharing in SHARINGS:
+        cfg = make_cfg("tasks=[depth]", f"model.neck_sharing={sharing}")
+        torch.manual_seed(5)
+        model = build_model(cfg)
+        optimizer = build_optimizer(model, cfg.train)
+        for _ in range(2):
+            loss = (model(image)["depth"] - target).abs().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        weights[sharing] = [p.detach().clone() for p in model.parameters()]
+    for sharing in SHARINGS[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(weights[sharing], weights["pyramid"]))
+
+
 def test_multi_task_per_task_fusion_costs_more_than_shared() -> None:
     per_task = build_model(make_cfg())
     shared = build_model(make_cfg("model.neck_sharing=all"))
