@@ -67,6 +67,7 @@ def rounds_chart(summary: dict[str, Any]) -> bytes:
             colour = STATE_COLOURS.get(states[int(number)], "#999999")
             ax.plot(*zip(*points), marker="o", color=colour, alpha=0.8)
     ax.set(xlabel="validation round", ylabel=f"validation {summary['metric']}")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title("validation rounds per trial (orange: pruned)")
     return _png(fig)
 
@@ -97,14 +98,16 @@ def importance_chart(values: dict[str, float]) -> bytes:
     return _png(fig)
 
 
-def _heights(column: list[Any]) -> list[float]:
+def _heights(column: list[Any]) -> tuple[list[float], dict[float, str]]:
     """A parallel-coordinates axis: each value's height in [0, 1] (numbers scaled linearly,
-    anything else ranked by its text)."""
+    anything else ranked by its text), and the labels to write on the axis by height."""
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in column):
         lo, hi = min(column), max(column)
-        return [0.5 if hi == lo else (v - lo) / (hi - lo) for v in column]
+        heights = [0.5 if hi == lo else (v - lo) / (hi - lo) for v in column]
+        return heights, ({0.5: f"{lo:.4g}"} if hi == lo else {0.0: f"{lo:.4g}", 1.0: f"{hi:.4g}"})
     labels = sorted({str(v) for v in column})
-    return [0.5 if len(labels) == 1 else labels.index(str(v)) / (len(labels) - 1) for v in column]
+    where = {t: 0.5 if len(labels) == 1 else i / (len(labels) - 1) for i, t in enumerate(labels)}
+    return [where[str(v)] for v in column], {h: t for t, h in where.items()}
 
 
 def parallel_chart(summary: dict[str, Any]) -> bytes:
@@ -116,12 +119,16 @@ def parallel_chart(summary: dict[str, Any]) -> bytes:
     axes = [*sorted({k for t in done for k in t["params"]}), "value"]
     rows = [{**t["params"], "value": t["value"]} for t in done]
     heights: list[dict[str, float]] = [{} for _ in rows]
-    for key in axes:
-        held = [i for i, row in enumerate(rows) if key in row]
-        for i, h in zip(held, _heights([rows[i][key] for i in held])):
-            heights[i][key] = h
-    fig = _figure(max(6.0, 2.0 * len(axes)), 4.0)
+    fig = _figure(max(6.0, 2.2 * len(axes)), 4.0)
     ax = fig.add_subplot()
+    for x, key in enumerate(axes):
+        held = [i for i, row in enumerate(rows) if key in row]
+        column, labels = _heights([rows[i][key] for i in held])
+        for i, h in zip(held, column):
+            heights[i][key] = h
+        ax.axvline(x, color="#888888", linewidth=0.8)
+        for h, text in labels.items():
+            ax.annotate(text, (x, h), xytext=(3, 0), textcoords="offset points", fontsize=8)
     for row in heights:
         shade = row["value"] if summary["direction"] == "maximize" else 1.0 - row["value"]
         xs = [i for i, k in enumerate(axes) if k in row]
