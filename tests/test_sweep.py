@@ -138,6 +138,55 @@ def test_a_storage_that_cannot_be_opened_is_one_error_line(tmp_path, capsys, url
     assert err.startswith(f"error: --storage {url}: cannot open it (")
 
 
+def test_a_trial_left_running_by_a_dead_local_worker_gives_its_slot_back(tmp_path):
+    study = optuna.create_study(study_name="s", storage=storage.open_storage(None, tmp_path))
+    dead = subprocess.Popen([PYTHON, "-c", "pass"])
+    dead.wait()
+    owners = [
+        {"host": storage.worker_id()["host"], "pid": dead.pid},  # killed: its trial is stale
+        storage.worker_id(),  # alive (this process)
+        {"host": "another-machine", "pid": dead.pid},  # not ours to judge
+    ]
+    for owner in owners:
+        study.ask().set_user_attr("worker", owner)
+    assert storage.fail_stale(study) == [0]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
+    assert "died" in trials[0].user_attrs["note"]
+    assert storage.claim_trial(study, 3, tmp_path) is not None  # the freed slot
+    assert storage.claim_trial(study, 3, tmp_path) is None  # 3 running: the study is full
+
+
+def test_a_trial_that_loses_the_race_for_the_last_slot_is_recorded_as_surplus(
+    tmp_path, monkeypatch
+):
+    """Across machines the local lock does not help: another worker may ask between our count
+    and our ask. The trial past the N-th slot holder is failed with a note and not run."""
+    study = optuna.create_study(study_name="s", storage=storage.open_storage(None, tmp_path))
+
+    class Racing:  # another machine asks for a trial at the same moment as we do
+        def __getattr__(self, name):
+            return getattr(study, name)
+
+        def ask(self):
+            study.ask().set_user_attr("worker", {"host": "another-machine", "pid": 1})
+            return study.ask()
+
+    assert storage.claim_trial(Racing(), 1, tmp_path) is None
+    first, mine = study.get_trials()
+    assert first.state == TrialState.RUNNING  # the other machine's trial runs
+    assert mine.state == TrialState.FAIL and mine.user_attrs["note"].startswith("surplus")
+    assert storage.claim_trial(study, 1, tmp_path) is None  # the study is full
+
+
+def test_pruner_names():
+    assert isinstance(storage.make_pruner("median"), optuna.pruners.MedianPruner)
+    assert isinstance(storage.make_pruner("hyperband"), optuna.pruners.HyperbandPruner)
+    assert isinstance(storage.make_pruner("none"), optuna.pruners.NopPruner)
+    with pytest.raises(ValueError, match="--pruner: expected one of median|hyperband|none"):
+        storage.make_pruner("asha")
+
+
 # ---- a whole study, in process ----------------------------------------------------------------
 
 

@@ -48,8 +48,10 @@ def _sweep(a: argparse.Namespace) -> int:
             study_name=a.study_name, pruner=a.pruner, metric=a.metric,
         )  # fmt: skip
     except (KeyboardInterrupt, TrainingInterrupted) as stop:
-        fail(f"sweep interrupted ({stop or 'Ctrl-C'}); run the same command to continue", 130)
-        return 130
+        status = 128 + int(getattr(stop, "signum", 2))  # 130 (SIGINT) / 143 (SIGTERM)
+        return fail(
+            f"sweep interrupted ({stop or 'Ctrl-C'}); run the same command to continue", status
+        )
     best = summary["best"]
     where = f"{summary['study']}: " + ("no completed trial" if best is None else
         f"best trial {best['trial']}, {summary['metric']} = {best['value']:.6g}")  # fmt: skip
