@@ -108,8 +108,8 @@ def evaluate_best_on_test(study: optuna.Study, ctx: SweepContext, name: str) -> 
     path = None
     if ctx.baselines is not None:  # the finished baseline runs are reused, scored on test
         data = train_baselines(baselines_config(ctx.base, name), test=True)
-        path = ctx.study_dir / "baselines.json"
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        path = ctx.study_dir / "baselines.json"  # the study's validation numbers stay
+        path.write_text(json.dumps({**data, **ctx.baselines}, indent=2) + "\n")
     print(f"sweep: evaluating the best trial ({best.number}) once on the test split", flush=True)
     out = run_eval(checkpoint, split="test", out=ctx.study_dir / "best_test", baselines=path)
     dm = out.get("delta_m")
