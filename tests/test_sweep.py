@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -326,6 +327,63 @@ def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(data, tmp_p
         assert t["value"] == pytest.approx(val[0]["seg/miou"])
     assert summary["best"] is None and summary["finished"]  # pruned trials are not "best"
     assert not (tmp_path / "runs" / "tiny_sweep" / "best_config.yaml").exists()
+
+
+def _made_up_study() -> tuple[optuna.Study, dict]:
+    """A study of 12 made-up trials (complete, pruned, failed) and its sweep.json summary."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from cvmtl.workflows.sweep.space import Param, SearchSpace
+    from cvmtl.workflows.sweep.trial import SweepContext
+
+    study = optuna.create_study(study_name="made_up", direction="maximize")
+    dists = {"train.lr": FloatDistribution(1e-4, 1e-2, log=True),
+             "loss.balancer": CategoricalDistribution(["fixed", "uw"])}  # fmt: skip
+    for i in range(12):
+        params = {"train.lr": 1e-4 * 1.5**i, "loss.balancer": ["fixed", "uw"][i % 2]}
+        state = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL][i % 3]
+        rounds = {1: i * 0.5, 2: i * 0.7} if state != TrialState.FAIL else {}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dists, state=state, intermediate_values=rounds,
+            value=i * 0.8 if state == TrialState.COMPLETE else None,
+            user_attrs={"note": "failed: ValueError: x" if state == TrialState.FAIL else ""},
+        ))  # fmt: skip
+    space = SearchSpace([Param("train.lr", "float", low=1e-4, high=1e-2, log=True)], "seg/miou")
+    ctx = SweepContext(load_config(None), space, Path("."), None)
+    return study, results_module.summarize(study, ctx, 12)
+
+
+def test_the_report_is_one_self_contained_page_with_its_plots(tmp_path):
+    from cvmtl.workflows.sweep.report import write_report
+
+    study, summary = _made_up_study()
+    write_report(tmp_path / "report.html", summary, study)
+    page = (tmp_path / "report.html").read_text()
+    parser = _Images()
+    parser.feed(page)
+    assert "<script" not in page and "http" not in page and "<link" not in page
+    assert {"Optimization history", "Validation rounds", "Parameter importances",
+            "Parallel coordinates"} <= set(parser.headings)  # fmt: skip
+    assert len(parser.images) == 4 and all(i.startswith(b"\x89PNG") for i in parser.images)
+    assert page.count("<tr>") == 1 + 12 and "failed: ValueError: x" in page
+    assert "has not been evaluated on the test split yet" in page
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_the_report_renders_in_headless_chromium(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from test_report import _chromium_screenshot
+
+    from cvmtl.workflows.sweep.report import write_report
+
+    study, summary = _made_up_study()
+    write_report(tmp_path / "report.html", summary, study)
+    png = tmp_path / "shot.png"
+    _chromium_screenshot(tmp_path / "report.html", png, tmp_path / "chromium")
+    img = np.asarray(Image.open(png).convert("RGB")).astype(np.int16)
+    assert img.std() > 20 and len(np.unique(img.reshape(-1, 3), axis=0)) > 500  # plots drawn
 
 
 # ---- processes: two workers at once, Ctrl-C and a rerun --------------------------------------
