@@ -28,7 +28,8 @@ from cvmtl.vis.task_view import (
 )
 
 
-def _figure(width: float, height: float) -> Any:
+def chart_figure(width: float = 8.0, height: float = 3.6) -> Any:
+    """A matplotlib figure on the Agg canvas (no pyplot, no display)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -37,7 +38,8 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
+    """The figure as PNG bytes on white."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
     return buf.getvalue()
@@ -50,7 +52,7 @@ def iou_chart(
     n = len(iou_per_class)
     names = [str(class_names[i]) if i < len(class_names) else f"class {i}" for i in range(n)]
     values = [float("nan") if v is None else float(v) for v in iou_per_class]
-    fig = _figure(10.0, 0.9 + 0.28 * n)
+    fig = chart_figure(10.0, 0.9 + 0.28 * n)
     ax = fig.add_subplot()
     y = np.arange(n)
     ax.barh(y, [0.0 if math.isnan(v) else v for v in values], color="#4c72b0")
@@ -63,14 +65,14 @@ def iou_chart(
     ax.set_xlabel("IoU (%)")
     ax.set_title(f"{title}: IoU per class")
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def delta_chart(per_metric: dict[str, float]) -> bytes:
     """Bars of delta_m per metric (%, positive = better than the single-task baseline)."""
     names = list(per_metric)
     values = [float(per_metric[k]) for k in names]
-    fig = _figure(10.0, 0.9 + 0.3 * len(names))
+    fig = chart_figure(10.0, 0.9 + 0.3 * len(names))
     ax = fig.add_subplot()
     colors = ["#55a868" if v >= 0 else "#c44e52" for v in values]
     ax.barh(np.arange(len(names)), values, color=colors)
@@ -80,7 +82,7 @@ def delta_chart(per_metric: dict[str, float]) -> bytes:
     ax.set_xlabel("relative change vs single-task baseline (%, + = better)")
     ax.set_title("delta_m per metric")
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def depth_bins_chart(bins: dict[str, list]) -> bytes:
@@ -89,7 +91,7 @@ def depth_bins_chart(bins: dict[str, list]) -> bytes:
     count = np.asarray(bins["count"], dtype=float)
     err = np.asarray([np.nan if v is None else v for v in bins["abs_err"]], dtype=float)
     centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    fig = _figure(10.0, 4.0)
+    fig = chart_figure(10.0, 4.0)
     ax = fig.add_subplot()
     share = count / max(count.sum(), 1.0) * 100
     ax.bar(centers, share, width=width * 0.9, color="#dddddd", label="pixels (%)")
@@ -106,7 +108,7 @@ def depth_bins_chart(bins: dict[str, list]) -> bytes:
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8,
               framealpha=0.9)  # fmt: skip
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def angle_chart(hist: dict[str, list], max_deg: float = 90.0) -> bytes:
@@ -123,7 +125,7 @@ def angle_chart(hist: dict[str, list], max_deg: float = 90.0) -> bytes:
     if len(shown):
         shown[-1] += count[~keep].sum()
     left, width = edges[:-1][keep], np.diff(edges)[keep]
-    fig = _figure(10.0, 4.0)
+    fig = chart_figure(10.0, 4.0)
     ax = fig.add_subplot()
     ax.bar(left + width / 2, shown / total * 100, width=width, color="#4c72b0")  # left edges
     beyond = edges[-1] > max_deg
@@ -136,7 +138,7 @@ def angle_chart(hist: dict[str, list], max_deg: float = 90.0) -> bytes:
     for t in (11.25, 22.5, 30.0):
         ax.axvline(t, color="gray", ls="--", lw=0.8)
     ax.set_title("Surface normals: angle error histogram")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def denormalize(image: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -163,7 +165,7 @@ def sample_grid(
     rows = len(samples)
     h, w = samples[0]["image"].shape[-2:] if samples else (1, 1)
     cell = 1.9  # inches per panel; rows follow the image aspect so no space is wasted
-    fig = _figure(cell * len(cols), (cell * h / w + 0.05) * max(rows, 1) + 0.35)
+    fig = chart_figure(cell * len(cols), (cell * h / w + 0.05) * max(rows, 1) + 0.35)
     axes = fig.subplots(max(rows, 1), len(cols), squeeze=False)
     for r, s in enumerate(samples):
         panels = [denormalize(s["image"], mean, std)]
@@ -176,7 +178,7 @@ def sample_grid(
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(title, fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def scalar_span(spec: TaskSpec, max_depth: float) -> tuple[float, float] | None:

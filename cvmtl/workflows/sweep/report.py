@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import warnings
 from pathlib import Path
@@ -15,27 +14,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from cvmtl.vis.report_charts import chart_figure, png_bytes
+
 STATE_COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728"}
-
-
-def _figure(width: float = 8.0, height: float = 3.6) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor="white")
-    return buf.getvalue()
 
 
 def history_chart(summary: dict[str, Any]) -> bytes:
     """Each finished trial's value by trial number, and the best so far."""
-    fig = _figure()
+    fig = chart_figure()
     ax = fig.add_subplot()
     maximize, best, xs, ys = summary["direction"] == "maximize", None, [], []
     for t in summary["trials"]:
@@ -52,12 +38,12 @@ def history_chart(summary: dict[str, Any]) -> bytes:
         ax.legend(loc="best")
     ax.set(xlabel="trial", ylabel=f"validation {summary['metric']}")
     ax.set_title("optimization history (blue: complete, orange: pruned, last value)")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def rounds_chart(summary: dict[str, Any]) -> bytes:
     """Every trial's validation value per round: where the pruned ones stopped."""
-    fig = _figure()
+    fig = chart_figure()
     ax = fig.add_subplot()
     states = {t["number"]: t["state"] for t in summary["trials"]}
     for number, detail in summary["details"].items():
@@ -69,7 +55,7 @@ def rounds_chart(summary: dict[str, Any]) -> bytes:
     ax.set(xlabel="validation round", ylabel=f"validation {summary['metric']}")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title("validation rounds per trial (orange: pruned)")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def importances(study: optuna.Study) -> dict[str, float]:
@@ -89,13 +75,13 @@ def importances(study: optuna.Study) -> dict[str, float]:
 
 
 def importance_chart(values: dict[str, float]) -> bytes:
-    fig = _figure(8.0, 0.5 + 0.45 * max(len(values), 1))
+    fig = chart_figure(8.0, 0.5 + 0.45 * max(len(values), 1))
     ax = fig.add_subplot()
     names = list(values)[::-1]
     ax.barh(names, [values[n] for n in names], color="#1f77b4")
     ax.set(xlabel="importance (PED-ANOVA)")
     ax.set_title("parameter importances")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _heights(column: list[Any]) -> tuple[list[float], dict[float, str]]:
@@ -119,7 +105,7 @@ def parallel_chart(summary: dict[str, Any]) -> bytes:
     axes = [*sorted({k for t in done for k in t["params"]}), "value"]
     rows = [{**t["params"], "value": t["value"]} for t in done]
     heights: list[dict[str, float]] = [{} for _ in rows]
-    fig = _figure(max(6.0, 2.2 * len(axes)), 4.0)
+    fig = chart_figure(max(6.0, 2.2 * len(axes)), 4.0)
     ax = fig.add_subplot()
     for x, key in enumerate(axes):
         held = [i for i, row in enumerate(rows) if key in row]
@@ -136,7 +122,7 @@ def parallel_chart(summary: dict[str, Any]) -> bytes:
     ax.set_xticks(range(len(axes)), axes, rotation=15)
     ax.set_yticks([])
     ax.set_title("parallel coordinates (completed trials; bright = better)")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _img(png: bytes, alt: str) -> str:
