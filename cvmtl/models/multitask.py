@@ -6,7 +6,8 @@ prediction back to the input size, so any input size works.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,12 @@ from torch import nn
 
 from cvmtl.models.backbone import TimmBackbone
 from cvmtl.models.neck import FPN, Levels, flatten_maps, unflatten_maps
+
+
+def padded_size(size: Sequence[Any], divisor: int) -> tuple[int, int]:
+    """The padded (H, W) of an input of ``size`` (as :func:`pad_to_multiple` pads it)."""
+    h, w = int(size[0]), int(size[1])
+    return (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
 
 
 def as_features(neck_out: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -78,7 +85,7 @@ class MultiTaskModel(nn.Module):
         """``{task: prediction}`` at ``size`` (the original (H, W)) from ``forward_features``."""
         shared: torch.Tensor | list[torch.Tensor] = features
         if self.neck.fuse is None:
-            h, w = (-(-int(v) // self.size_divisor) * self.size_divisor for v in size)
+            h, w = padded_size(size, self.size_divisor)
             shared = unflatten_maps(features, self.neck.shapes(h, w))
         return self._heads(shared, size)
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvmtl.config import Config
+from cvmtl.models.multitask import pad_to_multiple
 
 SMP_VERSION = "0.6.0"  # the version the comparison in docs/results.md used
 
@@ -60,8 +61,6 @@ class SmpSeg(nn.Module):
         self.divisor = 32  # smp's FPN needs sides divisible by the encoder's output stride
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        from cvmtl.models.multitask import pad_to_multiple
-
         h, w = image.shape[-2:]
         return {self.task: self.net(pad_to_multiple(image, self.divisor))[:, :, :h, :w]}
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from cvmtl.models.backbone import TimmBackbone
 from cvmtl.models.heads import TaskHead, crop
+from cvmtl.models.multitask import padded_size  # noqa: F401  (re-exported for the archs)
 from cvmtl.models.neck import conv_norm_act
 from cvmtl.tasks import get_task
 
@@ -118,12 +119,6 @@ def task_head(cfg: Any, task: str, in_channels: int, stride: int, **kw: Any) -> 
 def conv_block(cin: int, cout: int, norm: str, kernel: int = 3) -> nn.Sequential:
     """conv-norm-relu."""
     return conv_norm_act(cin, cout, kernel, norm)
-
-
-def padded_size(size: Sequence[Any], divisor: int) -> tuple[int, int]:
-    """The padded (H, W) of an input of ``size`` (as :func:`pad_to_multiple` pads it)."""
-    h, w = int(size[0]), int(size[1])
-    return (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
 
 
 def resize_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
