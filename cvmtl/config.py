@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from cvmtl.config_parse import ConfigError, _merge, bool_or_word, parse_override
+from cvmtl.config_parse import ConfigError, _merge, bool_or_word, override_values, parse_override
 from cvmtl.tasks import TASKS, import_task_modules
 from cvmtl.tasks.registry import DEFAULT_TASKS
 
@@ -281,11 +281,7 @@ def load_config(
             raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
         _merge(cfg, values)
     for text in overrides:
-        keys, value = parse_override(text)
-        nested: Any = value
-        for key in reversed(keys):
-            nested = {key: nested}
-        _merge(cfg, nested)
+        _merge(cfg, override_values(cfg, *parse_override(text)))
     return validate(cfg)
 
 

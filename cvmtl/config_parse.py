@@ -8,6 +8,7 @@ a :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import types
 import typing
@@ -135,3 +136,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         with contextlib.suppress(ValueError):
             value = float(value)
     return key.split("."), value
+
+
+def override_values(cfg: Any, keys: list[str], value: Any) -> dict[str, Any]:
+    """An override's keys and value -> the nested mapping :func:`_merge` writes into ``cfg``.
+
+    A path that runs into a mapping-valued field (``loss.balancer_args.weights.depth=0.5``)
+    sets that one entry and keeps the field's others (here the config's other task weights);
+    naming the field itself (``loss.balancer_args={}``) replaces it whole.
+    """
+    node = cfg
+    for depth, key in enumerate(keys[:-1]):
+        current = getattr(node, key, None) if dataclasses.is_dataclass(node) else None
+        if isinstance(current, dict):
+            merged = copy.deepcopy(current)
+            entry = merged
+            for inner in keys[depth + 1 : -1]:
+                if not isinstance(entry.get(inner), dict):
+                    entry[inner] = {}
+                entry = entry[inner]
+            entry[keys[-1]] = value
+            keys, value = keys[: depth + 1], merged
+            break
+        node = current
+    for key in reversed(keys):
+        value = {key: value}
+    return value

@@ -22,6 +22,17 @@ def test_defaults_yaml_and_overrides_merge(tmp_path):
     assert load_config(tmp_path / "again.yaml") == cfg
 
 
+def test_dotted_override_into_a_mapping_keeps_its_other_entries(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss: {balancer: fixed, balancer_args: {weights: {normal: 3.0}}}\n")
+    cfg = load_config(path, ["loss.balancer_args.weights.depth=0.5"])
+    assert cfg.loss.balancer_args == {"weights": {"normal": 3.0, "depth": 0.5}}
+    cfg = load_config(path, ["loss.balancer_args.weights.normal=2", "loss.balancer_args.x.y=1"])
+    assert cfg.loss.balancer_args == {"weights": {"normal": 2}, "x": {"y": 1}}
+    assert load_config(path, ["loss.balancer_args={}"]).loss.balancer_args == {}  # whole field
+    assert load_config(path).loss.balancer_args == {"weights": {"normal": 3.0}}  # file untouched
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
