@@ -4,7 +4,16 @@ from cvmtl.config import Config, ConfigError, load_config
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ConfigError", "__version__", "build_balancer", "build_model", "load_config"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Predictor",
+    "__version__",
+    "build_balancer",
+    "build_model",
+    "load_config",
+    "mtl_backward",
+]
 
 
 def __getattr__(name: str):
@@ -17,8 +26,17 @@ def __getattr__(name: str):
         from cvmtl.balancers import build_balancer
 
         return build_balancer
+    if name == "mtl_backward":
+        from cvmtl.balancers.api import mtl_backward
+
+        return mtl_backward
     if name == "Predictor":
         from cvmtl.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'cvmtl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the public names, lazy ones included (not the submodules that imports attach)
+    return sorted(__all__)

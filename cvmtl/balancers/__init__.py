@@ -30,7 +30,22 @@ BALANCERS: dict[str, str] = {
     "upgrad": "cvmtl.balancers.gradient.upgrad:UPGrad",
 }
 
-__all__ = ["BALANCERS", "GradientBalancer", "LossBalancer", "balancer_class", "build_balancer"]
+__all__ = [
+    "BALANCERS",
+    "GradientBalancer",
+    "LossBalancer",
+    "balancer_class",
+    "build_balancer",
+    "mtl_backward",
+]
+
+
+def __getattr__(name: str):
+    if name == "mtl_backward":  # lazy: the engine's machinery imports this package first
+        from cvmtl.balancers.api import mtl_backward
+
+        return mtl_backward
+    raise AttributeError(f"module 'cvmtl.balancers' has no attribute {name!r}")
 
 
 def balancer_class(name: str) -> type:

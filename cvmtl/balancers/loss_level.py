@@ -45,11 +45,15 @@ class Fixed(LossBalancer):
     def __init__(self, tasks: Sequence[str], weights: dict[str, float] | None = None) -> None:
         super().__init__(tasks)
         weights = dict(weights or {})
-        unknown = set(weights) - set(TASKS)
+        # Any name of ``tasks`` may be weighed (a user's own model has its own task names).
+        # Weights of built-in tasks that this run does not train (e.g. `tasks=[seg]` over a
+        # config that weighs normals) are simply unused, so one config serves every task subset;
+        # any other name is a typo.
+        unknown = set(weights) - set(TASKS) - set(self.tasks)
         if unknown:
-            raise ValueError(f"fixed: weights for unknown tasks {sorted(unknown)} ({list(TASKS)})")
-        # Weights of known tasks that this run does not train (e.g. `tasks=[seg]` over a config
-        # that weighs normals) are simply unused, so one config serves every task subset.
+            raise ValueError(
+                f"fixed: weights for unknown tasks {sorted(unknown)} (tasks: {self.tasks})"
+            )
         w = [float(weights.get(t, 1.0)) for t in self.tasks]
         self.register_buffer("task_weights", torch.tensor(w), persistent=False)
 

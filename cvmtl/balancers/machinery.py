@@ -15,7 +15,7 @@ power of two, so this is exact), so balancers always see true per-task gradients
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -75,7 +75,7 @@ def poison_grads(params: Iterable[nn.Parameter]) -> None:
             return
 
 
-def _trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+def trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     return [p for p in params if p.requires_grad]
 
 
@@ -93,61 +93,71 @@ def features_forward(
     return z, zd, preds
 
 
+OwnParameters = Callable[[str], Iterable[nn.Parameter]]
+
+
 def features_task_grads(
-    model: nn.Module,
-    zd: torch.Tensor,
+    features: Sequence[torch.Tensor],
     losses: dict[str, torch.Tensor],
     tasks: Sequence[str],
-    mult: torch.Tensor,
+    own: OwnParameters,
+    mult: torch.Tensor | float,
+    keep_graph: bool = False,
 ) -> tuple[list[int], torch.Tensor]:
-    """One backward per present task down to ``zd``: ``(active, G [T_active, D])``.
+    """One backward per present task down to ``features``: ``(active, G [T_active, D])``.
 
-    ``G`` holds the float32 gradients of the task losses w.r.t. the flattened features. Each
-    head's parameters receive their own task's gradient only (times ``mult``), in ``.grad``.
+    ``G`` holds the float32 gradients of the task losses w.r.t. the features, flattened and
+    concatenated. Each task's own parameters (``own(task)``) receive that task's gradient only
+    (times ``mult``), in ``.grad``; nothing behind the features is reached. ``keep_graph``: the
+    features are inside the graph that the combination goes back through afterwards (not
+    detached leaves), so even the last task's backward must keep it.
     """
     active = [i for i, t in enumerate(tasks) if t in losses]
     rows = []
     for k, i in enumerate(active):
         task = tasks[i]
-        inputs = [zd, *_trainable(model.task_parameters(task))]
         torch.autograd.backward(
-            losses[task] * mult, inputs=inputs, retain_graph=k < len(active) - 1
+            losses[task] * mult,
+            inputs=[*features, *trainable(own(task))],
+            retain_graph=keep_graph or k < len(active) - 1,
         )
-        rows.append(zd.grad.reshape(-1) / mult)
-        zd.grad = None
+        rows.append(torch.cat([f.grad.reshape(-1).float() for f in features]) / mult)
+        for f in features:
+            f.grad = None
     return active, torch.stack(rows)
 
 
 def params_task_grads(
-    model: nn.Module,
+    shared: Sequence[nn.Parameter],
     losses: dict[str, torch.Tensor],
     tasks: Sequence[str],
-    mult: torch.Tensor,
-) -> tuple[list[int], list[nn.Parameter], torch.Tensor]:
-    """Per-task gradients w.r.t. ``model.shared_parameters()`` as ``G [T_active, P]`` (float32).
+    own: OwnParameters,
+    mult: torch.Tensor | float,
+) -> tuple[list[int], torch.Tensor]:
+    """Per-task gradients w.r.t. the (trainable) ``shared`` parameters as ``G [T_active, P]``
+    (float32).
 
     One ``autograd.grad`` per task over the shared parameters and that task's own parameters;
     the latter are accumulated into ``.grad`` (times ``mult``), the former returned unscaled.
     """
-    shared = _trainable(model.shared_parameters())
     active = [i for i, t in enumerate(tasks) if t in losses]
     rows = []
     for k, i in enumerate(active):
-        own = _trainable(model.task_parameters(tasks[i]))
+        mine = trainable(own(tasks[i]))
         grads = torch.autograd.grad(
             losses[tasks[i]] * mult,
-            shared + own,
+            [*shared, *mine],
             retain_graph=k < len(active) - 1,
             allow_unused=True,
         )
-        for p, g in zip(own, grads[len(shared) :]):
+        for p, g in zip(mine, grads[len(shared) :]):
             accumulate_grad(p, g)
         flat = [
             (g if g is not None else torch.zeros_like(p)).reshape(-1).float()
             for p, g in zip(shared, grads[: len(shared)])
         ]
         rows.append(torch.cat(flat) / mult)
-    return active, shared, torch.stack(rows)
+    return active, torch.stack(rows)
 
 
 def feature_gram(grads: torch.Tensor) -> torch.Tensor:
@@ -179,6 +189,56 @@ def combine_features(
         return weights.to(grads.dtype) @ grads
     combined, _ = balancer.combine(grads, losses, active)
     return combined
+
+
+def apply_combination(
+    balancer: GradientBalancer,
+    grads: torch.Tensor,
+    task_losses: torch.Tensor,
+    active: list[int],
+    *,
+    mult: torch.Tensor | float,
+    k: int = 1,
+    features: Sequence[torch.Tensor] | None = None,
+    gram: torch.Tensor | None = None,
+    shared: Sequence[nn.Parameter] | None = None,
+    mark: Callable[[str], None] | None = None,
+) -> None:
+    """Combine the per-task gradients and send the combination backward: through ``features``
+    (with their ``gram``; the features mode) or into the ``shared`` parameters' ``.grad``.
+
+    With ``k`` accumulated micro-batches the balancer sees the gradients (and ``task_losses``,
+    which the caller gives at that scale) k times larger, at the scale of the whole step, and
+    the update written is the combination's k-th share (for fixed weights: exactly the big
+    batch's gradient). ``mark("balancer")`` is called once the combination is known.
+    """
+    if features is not None:
+        gram = feature_gram(grads) if gram is None else gram
+        combined = combine_features(
+            balancer, _scaled(grads, k), _scaled(gram, k * k), task_losses, active
+        )
+    else:
+        combined, _ = balancer.combine(_scaled(grads, k), task_losses, active)
+    if mark is not None:
+        mark("balancer")
+    if features is not None:
+        push_features(features, combined * (mult / k))
+    else:
+        write_shared_grad(shared or [], combined * (mult / k))
+
+
+def _scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
+    return x if factor == 1 else x * factor
+
+
+def push_features(features: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
+    """Backward the flat feature gradient ``vector`` through the ``features`` (in order) into
+    everything behind them."""
+    grads, offset = [], 0
+    for f in features:
+        grads.append(vector[offset : offset + f.numel()].view_as(f).to(f.dtype))
+        offset += f.numel()
+    torch.autograd.backward(list(features), grads)
 
 
 def write_shared_grad(params: Sequence[nn.Parameter], vector: torch.Tensor) -> None:

@@ -88,12 +88,14 @@ def _micro_step(model, inputs: StepInputs, j: int, balancer, cfg, mark: Mark) ->
     flags = torch.isfinite(torch.stack([v.detach() for v in losses.values()]))
     mark("losses")
     reduced: set[int] = set()
+    own, gram, shared = model.task_parameters, None, None
     if features:
-        active, grads = mach.features_task_grads(model, zd, losses, tasks, inputs.mult)
+        active, grads = mach.features_task_grads([zd], losses, tasks, own, inputs.mult)
         gram = mach.feature_gram(grads)  # global under DDP: the finiteness test agrees
         row_ok = torch.isfinite(gram.diagonal())
     else:
-        active, shared, grads = mach.params_task_grads(model, losses, tasks, inputs.mult)
+        shared = mach.trainable(model.shared_parameters())
+        active, grads = mach.params_task_grads(shared, losses, tasks, own, inputs.mult)
         all_reduce_coalesced([grads])
         reduced = {id(p) for p in shared}
         row_ok = torch.isfinite(grads).all(dim=1)
@@ -109,21 +111,11 @@ def _micro_step(model, inputs: StepInputs, j: int, balancer, cfg, mark: Mark) ->
         mach.poison_grads(model.parameters())  # the optimizer step below is then skipped
         return part
     # the balancer sees the micro-batch's gradients at the step's scale (k times its share)
-    if features:
-        combined = mach.combine_features(
-            balancer, _scaled(grads, k), _scaled(gram, k * k), task_losses, active
-        )
-        mark("balancer")
-        z.backward((combined * (inputs.mult / k)).view_as(z).to(z.dtype))
-    else:
-        combined, _ = balancer.combine(_scaled(grads, k), task_losses, active)
-        mach.write_shared_grad(shared, combined * (inputs.mult / k))
-        mark("balancer")
+    mach.apply_combination(
+        balancer, grads, task_losses, active, mult=inputs.mult, k=k,
+        features=[z] if features else None, gram=gram, shared=shared, mark=mark,
+    )  # fmt: skip
     mark("backward")
     weights = balancer.last_weights.to(inputs.device)
     part.update(losses=losses, weights=weights, total=(weights[active] * task_losses).sum())
     return part
-
-
-def _scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
-    return x if factor == 1 else x * factor
