@@ -137,7 +137,7 @@ def test_cross_stitch_refuses_features_mode_and_trains_in_params_mode() -> None:
         train_step(model, batch, build_balancer("mgda", cfg.tasks), opt, None, cfg)
     cfg.loss.grad_source = "params"
     out = train_step(model, batch, build_balancer("mgda", cfg.tasks), opt, None, cfg)
-    assert not out["skipped"] and set(out["losses"]) == {"seg", "depth"}
+    assert not out.skipped and set(out.losses) == {"seg", "depth"}
 
 
 @pytest.mark.parametrize("arch,amp", [("padnet", "bf16"), ("mtinet", "none")])
@@ -151,7 +151,7 @@ def test_gradient_balancer_in_features_mode_steps(arch: str, amp: str) -> None:
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     out = train_step(model, batch_for(cfg), build_balancer("mgda", cfg.tasks), opt, None, cfg)
-    assert not out["skipped"], out["reason"]
+    assert not out.skipped, out.reason
     moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     for part in (
         "backbone.",

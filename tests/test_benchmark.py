@@ -180,8 +180,8 @@ def test_phased_step_makes_the_same_update_as_train_step(extra: list[str]) -> No
     batch = random_batch(cfg, 2, dev)
     step_a, step_b = EngineStep(cfg, dev), EngineStep(cfg, dev)
     step_a(a, batch, opt_a)
-    # step_b.cfg: the config resolved for the device (train.amp / channels_last concrete)
-    times = phased_train_step(b, batch, step_b.balancer, opt_b, step_b.scaler, step_b.cfg)
+    # step_b.step: the engine's step on the config resolved for the device (amp concrete)
+    times = phased_train_step(b, batch, step_b.step, opt_b, step_b.scaler)
     assert set(times) == PHASES - {"data"}
     assert all(v > 0 for v in times.values()), times  # a missing mark leaves its phase at 0
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
@@ -335,7 +335,7 @@ def test_features_mode_balancer_under_compile_matches_eager() -> None:
     for model in (eager, compiled):
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         out = train_step(model, batch, build_balancer("mgda", cfg.tasks), opt, None, cfg)
-        assert not out["skipped"], out.get("reason")
+        assert not out.skipped, out.reason
     for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     moved = max(float((p.detach() - p0).abs().max()) for p, p0 in zip(eager.parameters(), initial))
@@ -364,7 +364,7 @@ def test_compiled_features_mode_steps_survive_buffer_donation() -> None:
         batch = random_batch(cfg, 2, torch.device("cpu"))
         for _ in range(2):
             out = train_step(model, batch, build_balancer("mgda", cfg.tasks), opt, None, cfg)
-            assert not out["skipped"], out.get("reason")
+            assert not out.skipped, out.reason
     finally:
         torch.set_float32_matmul_precision(precision)
 
@@ -410,7 +410,7 @@ def test_compiled_steps_match_eager(device: str, mode: str, balancer: str) -> No
                 for batch in batches:
                     method = build_balancer(balancer, cfg.tasks)
                     out = train_step(model, batch, method, opt, None, cfg)
-                    assert not out["skipped"], out.get("reason")
+                    assert not out.skipped, out.reason
     finally:
         torch.set_float32_matmul_precision(precision)
     moved = max(float((p.detach() - p0).abs().max()) for p, p0 in zip(eager.parameters(), initial))

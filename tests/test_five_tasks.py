@@ -88,7 +88,7 @@ def _train(name: str, source: str, batches: list[dict], amp: str = "none") -> to
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     for batch in batches:
         out = train_step(model, batch, balancer, opt, None, _cfg(source, amp))
-        assert not out["skipped"], f"{name}: {out['reason']}"
+        assert not out.skipped, f"{name}: {out['reason']}"
     return torch.cat([p.detach().reshape(-1) for p in params])
 
 

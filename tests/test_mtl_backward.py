@@ -49,7 +49,7 @@ def test_every_balancer_equals_the_engine_step(name, source):
         assert (grad is None) == (user[key] is None), key
         if grad is not None:
             torch.testing.assert_close(user[key], grad, atol=1e-6, rtol=1e-5, msg=key)
-    expected = dict(zip(TASKS, out["weights"].tolist()))
+    expected = dict(zip(TASKS, out.weights.tolist()))
     assert weights == pytest.approx(expected, abs=1e-6)
 
 

@@ -43,7 +43,7 @@ def _train(name: str, source: str, batches: list[dict]) -> torch.Tensor:
     cfg.train.grad_clip = 1.0
     for batch in batches:
         out = train_step(model, batch, balancer, opt, None, cfg)
-        assert not out["skipped"], out["reason"]
+        assert not out.skipped, out.reason
     return torch.cat([p.detach().reshape(-1) for p in params])
 
 
@@ -95,7 +95,7 @@ def _bn_train(model, batches_per_step, name: str) -> list[torch.Tensor]:
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
     for batches in batches_per_step:
         out = train_step(model, batches, balancer, opt, None, tiny_cfg())
-        assert not out["skipped"], out["reason"]
+        assert not out.skipped, out.reason
     return params
 
 
@@ -249,7 +249,7 @@ def _train_micro(model, steps) -> torch.Tensor:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for micro in steps:
         out = train_step(model, micro, balancer, opt, None, tiny_cfg(grad_source="features"))
-        assert not out["skipped"], out["reason"]
+        assert not out.skipped, out.reason
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 

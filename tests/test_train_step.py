@@ -9,6 +9,7 @@ from tinymtl import TinyMTL, make_batch, split_batch, tiny_cfg
 from cvmtl.balancers import build_balancer
 from cvmtl.balancers.base import GradientBalancer
 from cvmtl.engine.step import train_step
+from cvmtl.engine.stepping import SkipReason
 from cvmtl.losses import compute_losses
 
 TASKS = ["seg", "depth", "normal"]
@@ -58,9 +59,9 @@ def test_fixed_equals_plain_loss_sum():
     out = train_step(model, batch, bal, _sgd(model), None, cfg)
     _plain_step(ref, batch, cfg, {"depth": 2.0})
     _assert_same_params(model, ref)
-    assert not out["skipped"] and out["reason"] is None
-    assert set(out["losses"]) == set(TASKS) and out["weights"].tolist() == [1.0, 2.0, 1.0]
-    assert not any(v.requires_grad for v in out["losses"].values())
+    assert not out.skipped and out.reason is None
+    assert set(out.losses) == set(TASKS) and out.weights.tolist() == [1.0, 2.0, 1.0]
+    assert not any(v.requires_grad for v in out.losses.values())
 
 
 @pytest.mark.parametrize("source", ["features", "params"])
@@ -70,7 +71,7 @@ def test_gradient_sum_equals_plain_loss_sum(source):
     out = train_step(model, batch, WeightedSum(TASKS), _sgd(model), None, cfg)
     _plain_step(ref, batch, cfg)
     _assert_same_params(model, ref)
-    assert out["weights"].tolist() == [1.0, 1.0, 1.0]
+    assert out.weights.tolist() == [1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("source", ["features", "params"])
@@ -100,8 +101,8 @@ def test_absent_task_is_left_out(balancer):
     bal = build_balancer("fixed", TASKS) if balancer == "fixed" else WeightedSum(TASKS)
     opt = _sgd(model)
     out = train_step(model, batch, bal, opt, None, cfg, step=False)
-    assert set(out["losses"]) == {"seg", "normal"}
-    assert out["weights"].tolist() == [1.0, 0.0, 1.0]
+    assert set(out.losses) == {"seg", "normal"}
+    assert out.weights.tolist() == [1.0, 0.0, 1.0]
     assert all(p.grad is None for p in model.task_parameters("depth"))
     opt.step()
     _plain_step(ref, batch, cfg)
@@ -118,7 +119,8 @@ def test_nan_loss_skips_step_and_names_task(source):
     ref.load_state_dict(model.state_dict())
     bal = build_balancer("fixed", TASKS) if source == "loss" else WeightedSum(TASKS)
     out = train_step(model, batch, bal, _sgd(model), None, cfg)
-    assert out["skipped"] and "normal" in out["reason"] and "loss" in out["reason"]
+    assert out.skip is SkipReason.NON_FINITE_LOSS and out.detail == "normal"
+    assert out.reason == "non-finite loss: normal"
     assert torch.equal(model.backbone[0].weight, ref.backbone[0].weight)
     assert all(p.grad is None for p in model.parameters())
 
@@ -130,7 +132,7 @@ def test_nonfinite_task_gradient_skips_and_names_task(source):
     out = train_step(
         model, make_batch(), WeightedSum(TASKS), _sgd(model), None, tiny_cfg(grad_source=source)
     )
-    assert out["skipped"] and out["reason"] == "non-finite gradient: depth"
+    assert out.skip is SkipReason.NON_FINITE_GRADIENT and out.reason == "non-finite gradient: depth"
     _assert_same_params(model, ref, atol=0)
 
 
@@ -158,10 +160,11 @@ def test_fp16_scaler_overflow_is_skipped_and_backs_off():
         before = copy.deepcopy(model)
         scale = scaler.get_scale()
         out = train_step(model, batch, balancer, _sgd(model), scaler, tiny_cfg(grad_source=source))
-        assert out["skipped"], where
+        assert out.skipped, where
         assert scaler.get_scale() == scale / 2
         _assert_same_params(model, before, atol=0)
-    assert out["reason"] == "fp16 overflow (non-finite gradient: seg)"
+    assert out.skip is SkipReason.FP16_OVERFLOW
+    assert out.reason == "fp16 overflow: non-finite gradient: seg"
 
 
 def _halves(batch):
@@ -190,12 +193,12 @@ def test_accumulation_equals_one_big_batch(name, source):
             out = train_step(
                 model, batch if accumulate == 1 else _halves(batch), bal, opt, None, cfg
             )
-            assert not out["skipped"], out["reason"]
+            assert not out.skipped, out.reason
         results.append((torch.cat([p.detach().reshape(-1) for p in params]), out))
     (big, out_big), (acc, out_acc) = results
     torch.testing.assert_close(acc, big, atol=1e-6, rtol=1e-5)
-    for task, value in out_big["losses"].items():  # the logged losses are the step's too
-        torch.testing.assert_close(out_acc["losses"][task], value, atol=1e-6, rtol=1e-5)
+    for task, value in out_big.losses.items():  # the logged losses are the step's too
+        torch.testing.assert_close(out_acc.losses[task], value, atol=1e-6, rtol=1e-5)
 
 
 def test_soft_sharing_rejects_gradient_balancers():
@@ -220,9 +223,9 @@ def test_real_resnet18_model_steps(name, amp):
     bal = build_balancer(name, TASKS)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     out = train_step(model, batch, bal, torch.optim.SGD(model.parameters(), 0.1), None, cfg)
-    assert not out["skipped"], out["reason"]
-    assert set(out["losses"]) == set(TASKS)
-    assert all(v.dtype == torch.float32 for v in out["losses"].values())
+    assert not out.skipped, out.reason
+    assert set(out.losses) == set(TASKS)
+    assert all(v.dtype == torch.float32 for v in out.losses.values())
     # timm zero-initialises each residual block's last BN gamma, so the blocks' inner convs get
     # no gradient in the first step; everything else must move.
     still = [n for n, p in model.named_parameters() if torch.equal(before[n], p)]
@@ -240,7 +243,7 @@ def test_famo_post_step_forward_leaves_batchnorm_statistics_alone():
         model.backbone[1] = torch.nn.BatchNorm2d(8)
         bal = build_balancer(name, TASKS)
         out = train_step(model, make_batch(), bal, _sgd(model), None, tiny_cfg())
-        assert not out["skipped"]
+        assert not out.skipped
         stats[name] = [b.clone() for b in model.backbone[1].buffers()]
     for fixed, famo in zip(stats["fixed"], stats["famo"]):
         torch.testing.assert_close(famo, fixed, rtol=0, atol=0)

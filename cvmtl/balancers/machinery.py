@@ -210,7 +210,8 @@ def apply_combination(
     With ``k`` accumulated micro-batches the balancer sees the gradients (and ``task_losses``,
     which the caller gives at that scale) k times larger, at the scale of the whole step, and
     the update written is the combination's k-th share (for fixed weights: exactly the big
-    batch's gradient). ``mark("balancer")`` is called once the combination is known.
+    batch's gradient). ``mark("balancer")`` ends the balancer's phase: before the backward
+    through the trunk (features), after writing the shared gradients (params).
     """
     if features is not None:
         gram = feature_gram(grads) if gram is None else gram
@@ -219,12 +220,17 @@ def apply_combination(
         )
     else:
         combined, _ = balancer.combine(_scaled(grads, k), task_losses, active)
-    if mark is not None:
-        mark("balancer")
+    mark = mark or _no_mark
     if features is not None:
-        push_features(features, combined * (mult / k))
+        mark("balancer")
+        push_features(features, combined * (mult / k))  # the backward through the trunk
     else:
         write_shared_grad(shared or [], combined * (mult / k))
+        mark("balancer")
+
+
+def _no_mark(phase: str) -> None:
+    pass
 
 
 def _scaled(x: torch.Tensor, factor: float) -> torch.Tensor:

@@ -54,7 +54,7 @@ def build_run(
     # Imported here: they pull in timm / albumentations, and the modules stay importable alone.
     from cvmtl.balancers import build_balancer
     from cvmtl.data.loader import build_loaders
-    from cvmtl.engine.step import select_step
+    from cvmtl.engine.step import TrainStep
     from cvmtl.models.build import build_model
 
     user_cfg, cfg = cfg, resolve_precision(cfg, device)  # auto -> what this device runs best
@@ -73,7 +73,7 @@ def build_run(
     balancer = build_balancer(cfg.loss.balancer, cfg.tasks, **cfg.loss.balancer_args)
     if isinstance(balancer, nn.Module):
         balancer.to(device)
-    step_fn = select_step(balancer, cfg, model)  # refuses a combination that cannot be exact
+    step_fn = TrainStep(balancer, cfg, model)  # refuses a combination that cannot be exact
     ema = ModelEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
     optimizer = build_optimizer(model, cfg.train, extra=balancer.parameters())
     steps_per_epoch, total_steps = _step_budget(cfg, loaders["train"])

@@ -22,8 +22,10 @@ from cvmtl.balancers import machinery as mach
 from cvmtl.distributed import all_reduce_coalesced
 from cvmtl.engine.stepping import (
     Mark,
+    SkipReason,
     StepInputs,
     StepRecord,
+    StepResult,
     apply_update,
     first_bad,
     no_mark,
@@ -41,7 +43,7 @@ def gradient_step(
     *,
     step: bool = True,
     mark: Mark = no_mark,
-) -> dict:
+) -> StepResult:
     """One optimizer step of a gradient-level balancer (see the module docstring)."""
     inputs = prepare_step(micro, model, scaler, cfg)
     tasks = list(balancer.tasks)
@@ -51,19 +53,22 @@ def gradient_step(
     for j in inputs.nonempty():
         part = _micro_step(model, inputs, j, balancer, cfg, mark)
         if part["bad_loss"]:
-            return record.skipped(f"non-finite loss: {part['bad_loss']}", optimizer, step)
+            return record.skipped(SkipReason.NON_FINITE_LOSS, optimizer, step, part["bad_loss"])
         reduced |= part["reduced"]
-        if part["reason"]:  # the update is skipped, as for an overflow (see poison_grads)
-            why = part["reason"]
-            record.out["reason"] = f"fp16 overflow ({why})" if inputs.use_scaler else why
+        if part["bad_rows"]:  # the update is skipped, as for an overflow (see poison_grads)
+            rows, out = part["bad_rows"], record.out
+            if inputs.use_scaler:
+                out.skip, out.detail = SkipReason.FP16_OVERFLOW, f"non-finite gradient: {rows}"
+            else:
+                out.skip, out.detail = SkipReason.NON_FINITE_GRADIENT, rows
             break
         record.add_losses(part["losses"], tested=True)
         record.add_total(part["total"])
         weights += part["weights"] / inputs.k
-    if not record.losses and record.out["reason"] is None:
-        return record.skipped("no labeled task", optimizer, step)
-    bad = record.out["reason"] is not None
-    record.out.update(weights=weights * (not bad), total=record.total, skipped=bad)
+    if not record.losses and record.out.skip is None:
+        return record.skipped(SkipReason.NO_LABELED_TASK, optimizer, step)
+    bad = record.out.skip is not None
+    record.out.weights, record.out.total = weights * (not bad), record.total
     if step and apply_update(model, optimizer, scaler, cfg, record, reduced):
         mark("optimizer")
         active = [i for i, t in enumerate(tasks) if t in record.losses]
@@ -101,13 +106,13 @@ def _micro_step(model, inputs: StepInputs, j: int, balancer, cfg, mark: Mark) ->
         row_ok = torch.isfinite(grads).all(dim=1)
     # one host read for the rows and the losses: the balancer must not see NaN
     ok = torch.cat([row_ok, flags]).tolist()
-    part = {"bad_loss": first_bad(names, ok[len(active) :]), "reduced": reduced, "reason": None}
     bad_rows = [tasks[active[r]] for r, good in enumerate(ok[: len(active)]) if not good]
+    part = {"bad_loss": first_bad(names, ok[len(active) :]), "reduced": reduced}
+    part["bad_rows"] = ", ".join(bad_rows)
     task_losses = torch.stack([losses[tasks[i]].detach() for i in active])
     if part["bad_loss"]:
         return part
     if bad_rows:
-        part["reason"] = "non-finite gradient: " + ", ".join(bad_rows)
         mach.poison_grads(model.parameters())  # the optimizer step below is then skipped
         return part
     # the balancer sees the micro-batch's gradients at the step's scale (k times its share)

@@ -44,7 +44,7 @@ class Run:
     device: torch.device
     model: nn.Module
     train_model: nn.Module  # the model, or its DistributedDataParallel wrapper
-    step_fn: Any  # cvmtl.engine.step.select_step's choice
+    step_fn: Any  # a cvmtl.engine.step.TrainStep, chosen once
     ema: ModelEMA | None
     balancer: Any
     optimizer: torch.optim.Optimizer

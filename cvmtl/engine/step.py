@@ -10,11 +10,9 @@
 A step consumes the ``train.accumulate`` micro-batches of one optimizer update; every task loss
 is a mean over the valid pixels of the whole step on all ranks (:mod:`cvmtl.engine.stepping`),
 so for a loss-level balancer, k micro-batches on N ranks are one batch k * N times as large
-(with BatchNorm, up to its per-micro-batch statistics). The returned dict holds tensors:
-``losses`` (the step's task losses, detached float32 scalars of the present tasks), ``total``,
-``weights`` (``[T]`` in ``balancer.tasks`` order, absent tasks 0), ``grad_norm`` (pre-clip
-global norm or None), ``skipped`` and ``reason`` (naming the task of a non-finite loss or
-gradient, or the fp16 overflow).
+(with BatchNorm, up to its per-micro-batch statistics). A step returns a
+:class:`cvmtl.engine.stepping.StepResult`: the step's task losses, total, weights, gradient norm,
+and why it was skipped (a :class:`~cvmtl.engine.stepping.SkipReason`, or None).
 """
 
 from __future__ import annotations
@@ -30,7 +28,9 @@ from cvmtl.engine.buffers import buffers_kept
 from cvmtl.engine.compiled import mark_step_begin
 from cvmtl.engine.stepping import (
     Mark,
+    SkipReason,
     StepRecord,
+    StepResult,
     apply_update,
     ddp_sync,
     no_mark,
@@ -38,7 +38,7 @@ from cvmtl.engine.stepping import (
     world_share,
 )
 
-Step = Callable[..., dict]
+Step = Callable[..., StepResult]
 
 
 def select_step(balancer, cfg, model: nn.Module | None = None) -> Step:
@@ -52,6 +52,38 @@ def select_step(balancer, cfg, model: nn.Module | None = None) -> Step:
     return gradient_step
 
 
+class TrainStep:
+    """The one step entry of fit, fine-tuning and the benchmark: the step function is chosen
+    (and the balancer / model / gradient source checked) once, at construction; each call is one
+    optimizer step on ``batches`` (one batch, or the step's micro-batches).
+
+    ``step=False`` stops before the optimizer step and leaves the gradients in ``.grad``.
+    ``mark(phase)``, when given, is called as each phase ends (``forward``, ``losses``,
+    ``balancer``, ``backward``, ``optimizer``; see :mod:`cvmtl.workflows.bench.phases`).
+    """
+
+    def __init__(self, balancer, cfg, model: nn.Module | None = None) -> None:
+        self.balancer, self.cfg = balancer, cfg
+        self.fn = select_step(balancer, cfg, model)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        batches: dict | list[dict],
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None,
+        *,
+        step: bool = True,
+        mark: Mark | None = None,
+    ) -> StepResult:
+        micro = [batches] if isinstance(batches, dict) else list(batches)
+        mark_step_begin(self.cfg)  # CUDA graphs: a new step begins (no-op unless compiled)
+        return self.fn(
+            model, micro, self.balancer, optimizer, scaler, self.cfg,
+            step=step, mark=mark or no_mark,
+        )  # fmt: skip
+
+
 def train_step(
     model: nn.Module,
     batches: dict | list[dict],
@@ -62,17 +94,10 @@ def train_step(
     *,
     step: bool = True,
     mark: Mark | None = None,
-) -> dict:
-    """One optimizer step on ``batches`` (one batch, or the step's micro-batches).
-
-    ``step=False`` stops before the optimizer step and leaves the gradients in ``.grad``.
-    ``mark(phase)``, when given, is called as each phase ends (``forward``, ``losses``,
-    ``balancer``, ``backward``, ``optimizer``; see :mod:`cvmtl.workflows.bench.phases`).
-    """
-    micro = [batches] if isinstance(batches, dict) else list(batches)
-    mark_step_begin(cfg)
-    fn = select_step(balancer, cfg, model)
-    return fn(model, micro, balancer, optimizer, scaler, cfg, step=step, mark=mark or no_mark)
+) -> StepResult:
+    """One optimizer step, choosing the step function for this call only (a loop builds a
+    :class:`TrainStep` once instead)."""
+    return TrainStep(balancer, cfg, model)(model, batches, optimizer, scaler, step=step, mark=mark)
 
 
 def loss_step(
@@ -85,7 +110,7 @@ def loss_step(
     *,
     step: bool = True,
     mark: Mark = no_mark,
-) -> dict:
+) -> StepResult:
     """The loss-level step (see the module docstring)."""
     inputs = prepare_step(micro, model, scaler, cfg)
     net, record = unwrap(model), StepRecord(inputs, len(balancer.tasks))
@@ -96,7 +121,7 @@ def loss_step(
             mark("forward")
             losses = inputs.losses(preds, j, cfg, every_task=balancer.linear_in_losses)
             if bad := record.add_losses(losses):
-                return record.skipped(f"non-finite loss: {bad}", optimizer, step)
+                return record.skipped(SkipReason.NON_FINITE_LOSS, optimizer, step, bad)
             mark("losses")
             total = balancer(losses)
             mark("balancer")
@@ -105,10 +130,10 @@ def loss_step(
             mark("backward")
         record.add_total(total)
     if not record.losses:
-        return record.skipped("no labeled task", optimizer, step)
+        return record.skipped(SkipReason.NO_LABELED_TASK, optimizer, step)
     _settle_gradients(net, balancer, cfg, record)
     reg = net.regularization().detach()
-    record.out.update(total=record.total + reg, weights=balancer.last_weights)
+    record.out.total, record.out.weights = record.total + reg, balancer.last_weights
     if step and apply_update(model, optimizer, scaler, cfg, record):
         mark("optimizer")
         _after_step(net, inputs, balancer, cfg, record.losses)

@@ -12,8 +12,9 @@ the finiteness test (one host read, with the deferred loss test), clipping, step
 from __future__ import annotations
 
 import contextlib
+import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -111,14 +112,50 @@ def first_bad(names: list[str], flags: list[bool]) -> str:
     return ", ".join(t for t, good in zip(names, flags) if not good)
 
 
-class StepRecord:
-    """What a step's micro-batches produced, and the dict the step returns.
+class SkipReason(enum.Enum):
+    """Why a step applied no update."""
 
-    ``out``: ``losses`` (the step's task losses: the sum of the micro-batches' shares), ``total``,
-    ``weights``, ``grad_norm``, ``skipped``, ``reason``. The finiteness of every loss is kept on
-    the device and read once, at the optimizer step (see :meth:`deferred`), except with fp16,
-    where the GradScaler must not mistake a bad loss for an overflow: :meth:`add_losses` then
-    tests it at once.
+    NON_FINITE_LOSS = "non-finite loss"
+    NON_FINITE_GRADIENT = "non-finite gradient"
+    FP16_OVERFLOW = "fp16 overflow"  # the GradScaler calibrating itself: not a bad step
+    NO_LABELED_TASK = "no labeled task"
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did (tensors: reading them is the caller's host sync).
+
+    ``losses``: the step's task losses (detached float32 scalars of the present tasks, the sum
+    of the micro-batches' shares); ``total`` the balanced objective; ``weights`` ``[T]`` in the
+    balancer's task order (absent tasks 0); ``grad_norm`` the pre-clip global norm (or None);
+    ``skip`` why nothing was applied (None: applied), ``detail`` naming the task(s) or the cause.
+    """
+
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    total: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    grad_norm: torch.Tensor | None = None
+    skip: SkipReason | None = None
+    detail: str = ""
+
+    @property
+    def skipped(self) -> bool:
+        return self.skip is not None
+
+    @property
+    def reason(self) -> str | None:
+        """The skip as one line for the log, e.g. ``non-finite loss: depth``."""
+        if self.skip is None:
+            return None
+        return f"{self.skip.value}: {self.detail}" if self.detail else self.skip.value
+
+
+class StepRecord:
+    """What a step's micro-batches produced, gathered into its :class:`StepResult` (``out``).
+
+    The finiteness of every loss is kept on the device and read once, at the optimizer step (see
+    :meth:`deferred`), except with fp16, where the GradScaler must not mistake a bad loss for an
+    overflow: :meth:`add_losses` then tests it at once.
     """
 
     def __init__(self, inputs: StepInputs, num_tasks: int) -> None:
@@ -126,11 +163,11 @@ class StepRecord:
         self.names: list[str] = []
         self.flags: list[torch.Tensor] = []
         self.total = torch.zeros((), device=inputs.device)
-        self.out: dict = {"losses": {}, "grad_norm": None, "skipped": False, "reason": None}
+        self.out = StepResult()
 
     @property
     def losses(self) -> dict[str, torch.Tensor]:
-        return self.out["losses"]
+        return self.out.losses
 
     def add_losses(self, losses: dict[str, torch.Tensor], tested: bool = False) -> str:
         """Record a micro-batch's losses (at step scale); returns the names of non-finite ones
@@ -155,11 +192,15 @@ class StepRecord:
             return None
         return self.names, torch.cat(self.flags)
 
-    def skipped(self, reason: str, optimizer, step: bool = True) -> dict:
+    def skipped(
+        self, skip: SkipReason, optimizer, step: bool = True, detail: str = ""
+    ) -> StepResult:
         """The result of a step that applies nothing (never a partial accumulation)."""
         device = self.inputs.device
-        self.out.update(skipped=True, reason=reason, total=torch.zeros((), device=device))
-        self.out.update(weights=torch.zeros(self.num_tasks, device=device), grad_norm=None)
+        self.out.skip, self.out.detail = skip, detail
+        self.out.total = torch.zeros((), device=device)
+        self.out.weights = torch.zeros(self.num_tasks, device=device)
+        self.out.grad_norm = None
         if step:
             optimizer.zero_grad(set_to_none=True)
         return self.out
@@ -175,14 +216,14 @@ def apply_update(
 ) -> bool:
     """:func:`finish_step` for ``record``'s step; False (and ``record.out`` says why) when
     nothing was applied."""
-    deferred = record.deferred()
-    reason = finish_step(model, optimizer, scaler, cfg, reduced or set(), record.out, deferred)
-    if reason is None and record.out["reason"] is None:
+    out = record.out
+    found = finish_step(model, optimizer, scaler, cfg, reduced or set(), out, record.deferred())
+    if found is None and out.skip is None:
         return True
-    if reason is not None and reason.startswith("non-finite loss"):
-        record.skipped(reason, optimizer, step=False)
-    else:  # an earlier reason (a non-finite task gradient) names the task
-        record.out.update(skipped=True, reason=record.out["reason"] or reason)
+    if found is not None and found[0] is SkipReason.NON_FINITE_LOSS:
+        record.skipped(found[0], optimizer, step=False, detail=found[1])
+    elif out.skip is None:  # else an earlier reason (a non-finite task gradient) names the task
+        out.skip, out.detail = found
     return False
 
 
@@ -192,11 +233,12 @@ def finish_step(
     scaler,
     cfg,
     reduced: set[int],
-    out: dict,
+    out: StepResult,
     deferred: tuple[list[str], torch.Tensor] | None = None,
-) -> str | None:
-    """All-reduce, unscale, check, clip, step, zero_grad; returns why nothing was applied (a
-    non-finite loss named in ``deferred`` = (names, flags), or a non-finite gradient), or None.
+) -> tuple[SkipReason, str] | None:
+    """All-reduce, unscale, check, clip, step, zero_grad; returns why nothing was applied, as
+    (reason, detail): a non-finite loss named in ``deferred`` = (names, flags), or a non-finite
+    gradient; None when the update was applied.
 
     One host read: the finiteness of the global gradient norm, with the deferred loss flags.
     """
@@ -217,12 +259,12 @@ def finish_step(
     loss_ok = flags[1:] if norm is not None else flags
     bad_loss = first_bad(deferred[0], loss_ok) if deferred is not None else ""
     grad_ok = norm is None or flags[0]
-    out["grad_norm"] = norm
+    out.grad_norm = norm
     if bad_loss:  # nothing is applied, and the scaler does not mistake it for an overflow
         optimizer.zero_grad(set_to_none=True)
         if use_scaler:
             scaler.update()
-        return f"non-finite loss: {bad_loss}"
+        return SkipReason.NON_FINITE_LOSS, bad_loss
     if cfg.train.grad_clip > 0 and params and grad_ok:
         torch.nn.utils.clip_grads_with_norm_(params, cfg.train.grad_clip, norm)
     if use_scaler:
@@ -233,7 +275,9 @@ def finish_step(
     optimizer.zero_grad(set_to_none=True)
     if grad_ok:
         return None
-    return "fp16 overflow (non-finite gradient)" if use_scaler else "non-finite gradient"
+    if use_scaler:
+        return SkipReason.FP16_OVERFLOW, "non-finite gradient"
+    return SkipReason.NON_FINITE_GRADIENT, ""
 
 
 def world_share(reg: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from cvmtl.engine.logging import LossWindow, flat_metrics, prediction_panels, ta
 from cvmtl.engine.optim import base_lr
 from cvmtl.engine.run import Run
 from cvmtl.engine.signals import stop_agreed
+from cvmtl.engine.stepping import SkipReason, StepResult
 
 # on_validate(step, values): values = the validation's logged metrics ("task/metric", "delta_m")
 ValidateHook = Callable[[int, dict[str, float]], None]
@@ -133,10 +134,10 @@ def train_one_epoch(run: Run) -> bool:
             return False  # stopped by a signal while the loader was interrupted
         state.batch += accumulate
         buffers.snapshot()
-        out = run.step_fn(run.train_model, micro, run.balancer, run.optimizer, run.scaler, cfg)
+        out = run.step_fn(run.train_model, micro, run.optimizer, run.scaler)
         window.count(sum(b["image"].shape[0] for b in micro) * run.world, warmup=not run.warm)
         run.warm = True
-        if out["skipped"] and "fp16 overflow" not in (out["reason"] or ""):
+        if out.skipped and out.skip is not SkipReason.FP16_OVERFLOW:
             buffers.restore()  # a NaN batch must not leave its BatchNorm statistics behind
         state.step += 1
         with warnings.catch_warnings():
@@ -145,11 +146,11 @@ def train_one_epoch(run: Run) -> bool:
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
             run.scheduler.step()
         logger.advance()
-        if out["skipped"]:
+        if out.skipped:
             _skipped_step(run, out)
         else:
             state.bad_steps = 0
-            window.add(out["losses"])
+            window.add(out.losses)
             if run.ema is not None:
                 run.ema.update(run.model)
         if state.step % log_every == 0 or state.step == run.total_steps:
@@ -185,14 +186,14 @@ class TrainingAborted(RuntimeError):
     """Too many consecutive non-finite steps (``train.max_bad_steps``); last.pt is intact."""
 
 
-def _skipped_step(run: Run, out: dict) -> None:
+def _skipped_step(run: Run, out: StepResult) -> None:
     """Count and log a skipped step; abort after ``max_bad_steps`` bad ones in a row. An fp16
     overflow is the GradScaler calibrating itself, not a bad step: it is only counted."""
     state = run.state
     state.skipped_steps += 1
-    reason = out.get("reason") or "non-finite loss"
-    if "fp16 overflow" in reason:
+    if out.skip is SkipReason.FP16_OVERFLOW:
         return
+    reason = out.reason
     state.bad_steps += 1
     run.logger.info(f"step {state.step}: skipped ({reason}); {state.bad_steps} in a row")
     record = {"skipped": reason, "skipped_steps": state.skipped_steps}
@@ -205,8 +206,8 @@ def _skipped_step(run: Run, out: dict) -> None:
         )
 
 
-def _log_train(run: Run, window: LossWindow, out: dict) -> None:
-    values = window.values(run.balancer.tasks, out.get("weights"), base_lr(run.optimizer))
+def _log_train(run: Run, window: LossWindow, out: StepResult) -> None:
+    values = window.values(run.balancer.tasks, out.weights, base_lr(run.optimizer))
     run.logger.log(run.state.step, run.state.epoch, "train", values)
     short = {k.removeprefix("loss/"): v for k, v in values.items() if k.startswith("loss/")}
     run.logger.postfix({**short, "lr": values["lr"], "img/s": values["img_s"]})

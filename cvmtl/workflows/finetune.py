@@ -57,7 +57,7 @@ def train_task(model: nn.Module, cfg: Config, task: str, loader: Any, device: to
     from cvmtl.balancers import build_balancer
     from cvmtl.data.loader import batches_per_epoch, set_epoch
     from cvmtl.engine.optim import build_optimizer, build_scheduler
-    from cvmtl.engine.step import train_step
+    from cvmtl.engine.step import TrainStep
     from cvmtl.precision import make_scaler, resolve_precision
 
     ft = cfg.finetune
@@ -73,6 +73,7 @@ def train_task(model: nn.Module, cfg: Config, task: str, loader: Any, device: to
     total = max(1, ft.epochs * per_epoch)
     scheduler = build_scheduler(optimizer, tcfg.train, total)
     scaler = make_scaler(tcfg.train.amp, device)
+    train_step = TrainStep(balancer, tcfg, model)
     steps = 0
     for epoch in range(ft.epochs):
         set_epoch({"train": loader}, epoch)
@@ -83,9 +84,9 @@ def train_task(model: nn.Module, cfg: Config, task: str, loader: Any, device: to
                 break  # a partial accumulation at the epoch end is dropped, as in fit()
             micro.append(batch)
             if len(micro) == accumulate:
-                out = train_step(model, micro, balancer, optimizer, scaler, tcfg)
+                out = train_step(model, micro, optimizer, scaler)
                 micro = []
-                steps += 0 if out["skipped"] else 1
+                steps += 0 if out.skipped else 1
                 scheduler.step()
     model.eval()
     return steps

@@ -1,4 +1,4 @@
-"""Per-phase timing of the engine's own :func:`cvmtl.engine.step.train_step`.
+"""Per-phase timing of the engine's own step (:class:`cvmtl.engine.step.TrainStep`).
 
 Phases: ``forward`` (input to device, model forward), ``losses`` (masked task losses),
 ``balancer`` (loss level: the balancer's total; gradient level: the per-task backward passes
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cvmtl.engine.step import train_step
+from cvmtl.engine.step import TrainStep
 from cvmtl.workflows.bench.steps import random_batch
 from cvmtl.workflows.bench.timing import sync
 
@@ -44,16 +44,15 @@ class PhaseClock:
 def phased_train_step(
     model: nn.Module,
     batch: dict[str, Any],
-    balancer: Any,
+    train_step: TrainStep,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
-    cfg: Any,
 ) -> dict[str, float]:
-    """One optimizer step of train_step, timed; returns ``{phase: seconds}``."""
+    """One optimizer step of the engine's step, timed; returns ``{phase: seconds}``."""
     clock = PhaseClock(next(model.parameters()).device)
-    out = train_step(model, batch, balancer, optimizer, scaler, cfg, mark=clock.mark)
-    if out["skipped"]:
-        raise RuntimeError(f"benchmark: the training step was skipped ({out['reason']})")
+    out = train_step(model, batch, optimizer, scaler, mark=clock.mark)
+    if out.skipped:
+        raise RuntimeError(f"benchmark: the training step was skipped ({out.reason})")
     return clock.times
 
 
@@ -74,7 +73,7 @@ def median_phases(step, model, optimizer, cfg, dev, iters, data, train_med) -> d
             wait = time.perf_counter() - t0
         else:
             batch = fixed
-        times = phased_train_step(model, batch, step.balancer, optimizer, step.scaler, step.cfg)
+        times = phased_train_step(model, batch, step.step, optimizer, step.scaler)
         if i > 0:  # the first step warms the loader and the new input's kernels
             rows.append({"data": wait, **times})
     phases = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "data"}

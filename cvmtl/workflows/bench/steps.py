@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvmtl.config import Config, ConfigError, from_dict, parse_override, to_dict
+from cvmtl.engine.step import TrainStep as EngineTrainStep
 from cvmtl.models import build_model
 from cvmtl.precision import (
     autocast_context,
@@ -86,7 +87,8 @@ def simple_train_step(cfg: Config, device: torch.device) -> TrainStep:
 
 
 class EngineStep:
-    """The engine's ``train_step`` with its balancer and scaler, as ``step(model, batch, opt)``."""
+    """The engine's step (:class:`~cvmtl.engine.step.TrainStep`) with its balancer and scaler, as
+    ``step(model, batch, opt)``."""
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         from cvmtl.balancers import build_balancer
@@ -96,13 +98,12 @@ class EngineStep:
         if isinstance(self.balancer, nn.Module):
             self.balancer = self.balancer.to(device)
         self.scaler = make_scaler(cfg.train.amp, device)
+        self.step = EngineTrainStep(self.balancer, cfg)  # the trainer's one step entry
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], optimizer: Any) -> Any:
-        from cvmtl.engine.step import train_step
-
-        out = train_step(model, batch, self.balancer, optimizer, self.scaler, self.cfg)
-        if out["skipped"]:
-            raise RuntimeError(f"benchmark: the training step was skipped ({out['reason']})")
+        out = self.step(model, batch, optimizer, self.scaler)
+        if out.skipped:
+            raise RuntimeError(f"benchmark: the training step was skipped ({out.reason})")
         return out
 
 
