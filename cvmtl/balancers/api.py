@@ -13,10 +13,12 @@ send the combination into the shared parameters; a loss-level method backwards i
 Each task's own parameters (what its loss reaches without passing through the features or a
 shared parameter, found from the autograd graph, as TorchJD does) receive that task's gradient.
 
-Under torchrun without a ``DistributedDataParallel`` wrapper the features-mode Gram matrix (and
-in params mode the per-task gradient matrix) is summed over ranks before combining, as in the
-engine: with losses that are global means (each rank's local sum over the global count), the
-result is the single-process one once the gradients are all-reduced (SUM) before the step.
+Under torchrun (no ``DistributedDataParallel`` wrapper: it would all-reduce every per-task
+backward) the features-mode Gram matrix, or in params mode the per-task gradient matrix, is
+summed over ranks before combining, as in the engine. With losses that are each rank's share of
+the global mean (its local sum over the global count; for equal local batches, local mean /
+world size), the update is the single-process one on the whole batch once every gradient is
+summed over ranks before the optimizer step (``examples/ddp_own_model.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from cvmtl.balancers import machinery as mach
-from cvmtl.distributed import all_reduce_coalesced
+from cvmtl.distributed import all_reduce_coalesced, get_world_size, is_dist
 
 
 def mtl_backward(
@@ -77,10 +79,16 @@ def mtl_backward(
     own = _OwnParameters(step_losses, shared, stop)
     tasks = list(balancer.tasks)
     if feats is not None:
+        if is_dist() and not balancer.uses_gram:
+            raise ValueError(
+                f"mtl_backward: {type(balancer).__name__} needs the raw per-task feature "
+                "gradients, which are split across ranks: pass no features (params mode)"
+            )
         active, grads = mach.features_task_grads(feats, step_losses, tasks, own, mult, True)
     else:
         active, grads = mach.params_task_grads(shared, step_losses, tasks, own, mult)
-        all_reduce_coalesced([grads])
+        all_reduce_coalesced([grads])  # the global per-task gradients: the same on every rank
+        mult = mult / get_world_size()  # ... so each rank writes its share of the combination
     task_losses = torch.stack([step_losses[tasks[i]].detach() for i in active])
     mach.apply_combination(
         balancer, grads, task_losses, active, mult=mult, k=k, features=feats, shared=shared
