@@ -35,7 +35,7 @@ setup(
     extras_require={
         # ruff pinned to a minor series: a new release's rules must not fail CI on old code
         # test references only: pyedgeeval (BSDS correspondPixels, a C++ build of ~35 s at
-        # install) for the exact edge matcher, scikit-image's thin for cvmtl.data.thinning,
+        # install) for the exact edge matcher, scikit-image's thin for cvmtl.metrics.thinning,
         # segmentation_models_pytorch's FPN for the single-task segmentation comparison
         "dev": [
             "pytest",

@@ -95,7 +95,7 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
 def class_info(cfg: Config) -> tuple[list[str], list[list[int]]]:
     """(class names, palette) from the dataset the run used; NYU / generic ones if it is gone."""
     from cvmtl.data.formats import load_dataset_info
-    from cvmtl.vis.colorize import default_palette
+    from cvmtl.tasks.colorize import default_palette
 
     n = cfg.data.num_classes
     if Path(cfg.data.root).is_dir():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvmtl.vis.colorize import (
+from cvmtl.tasks.colorize import (
     colorize_angle_error,
     colorize_depth,
     colorize_depth_error,

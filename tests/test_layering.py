@@ -8,9 +8,17 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cvmtl"
+# below the engine: they import no engine module
 BASE = ("metrics", "balancers", "losses", "data", "models", "distributed", "tasks", "config",
-        "config_parse", "configs", "precision")  # fmt: skip
-ABOVE_ENGINE = ("cvmtl.workflows", "cvmtl.commands", "cvmtl.cli")
+        "config_parse", "configs", "precision", "hostmem", "vis", "")  # fmt: skip
+ENGINE = ("engine",)
+SERVING = ("predictor", "inference", "export")  # on top of the engine, below the workflows
+TOP = ("workflows", "commands", "cli")
+ABOVE_ENGINE = tuple(f"cvmtl.{p}" for p in SERVING + TOP)
+# Package circles still in the tree, to be taken apart (a task spec names its loss terms, metric
+# class and file decoder; the losses / metrics / data packages look task specs up). Listed so that
+# a new circle fails now, and a removed one fails until it is struck from this list.
+KNOWN_PACKAGE_CIRCLES = {("data", "tasks"), ("losses", "tasks"), ("metrics", "tasks")}
 
 
 def _modules() -> dict[str, Path]:
@@ -40,16 +48,43 @@ def _graph() -> dict[str, set[str]]:
     return {name: _imports(path, known) for name, path in known.items()}
 
 
+def _package(name: str) -> str:
+    """The top-level package (or module) of ``name`` inside cvmtl; "" for cvmtl itself."""
+    return name.split(".")[1] if "." in name else ""
+
+
+def test_every_package_has_a_layer():
+    packages = {_package(name) for name in _modules()}
+    assert packages == set(BASE + ENGINE + SERVING + TOP), packages ^ set(
+        BASE + ENGINE + SERVING + TOP
+    )
+
+
 def test_imports_go_one_way():
     graph = _graph()
     wrong = []
     for name, targets in graph.items():
-        layer = name.split(".")[1] if "." in name else ""
-        if layer in BASE:
+        layer = _package(name)
+        if layer in BASE and name != "cvmtl":  # cvmtl/__init__ re-exports lazily, from anywhere
             wrong += [(name, t) for t in targets if t.startswith("cvmtl.engine")]
-        if layer in BASE or layer == "engine":
+        if layer in BASE + ENGINE and name != "cvmtl":
             wrong += [(name, t) for t in targets if t.startswith(ABOVE_ENGINE)]
+        if layer in SERVING:
+            wrong += [(name, t) for t in targets if t.startswith(tuple(f"cvmtl.{p}" for p in TOP))]
     assert not wrong, wrong
+
+
+def test_package_circles():
+    """Collapsed to top-level packages, the import graph has no circle but the known ones."""
+    graph: dict[str, set[str]] = {}
+    for name, targets in _graph().items():
+        graph.setdefault(_package(name), set()).update(_package(t) for t in targets)
+    circles = set()
+    for a, targets in graph.items():
+        for b in targets:
+            if a != b and a in graph.get(b, ()):
+                circles.add(tuple(sorted((a, b))))
+    assert circles == KNOWN_PACKAGE_CIRCLES, circles ^ KNOWN_PACKAGE_CIRCLES
 
 
 def test_no_import_circles():

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from cvmtl.tasks import TASKS, LabelKind, TaskSpec, register
+from cvmtl.tasks.colorize import colorize_seg, default_palette
 from cvmtl.tasks.seg import encode_classes
 from cvmtl.tasks.spec import BINARY, CLASSES
 from cvmtl.vis import panels
-from cvmtl.vis.colorize import colorize_seg, default_palette
 
 H, W = 8, 12
 MEAN, STD = [0.5] * 3, [0.25] * 3

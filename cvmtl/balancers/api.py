@@ -57,14 +57,7 @@ def mtl_backward(
     Stateful methods (DWA, GLS, FAMO) also want ``balancer.after_step({task: loss})`` after
     each optimizer step.
     """
-    unknown = sorted(set(losses) - set(balancer.tasks))
-    if unknown:
-        raise ValueError(f"mtl_backward: losses for {unknown}, not tasks of the balancer")
-    if not losses:
-        raise ValueError("mtl_backward: no loss given")
-    k = int(accumulation_steps)
-    if k < 1:
-        raise ValueError(f"mtl_backward: accumulation_steps must be >= 1, got {k}")
+    k = _checked(losses, balancer, accumulation_steps)
     enabled = scaler is not None and scaler.is_enabled()
     mult = scaler.scale(torch.ones((), device=_device(losses))) if enabled else 1.0
     # the value of the whole step's loss, the gradient of this micro-batch's share (as the
@@ -94,6 +87,19 @@ def mtl_backward(
         balancer, grads, task_losses, active, mult=mult, k=k, features=feats, shared=shared
     )
     return _weights(balancer, losses)
+
+
+def _checked(losses: Mapping[str, torch.Tensor], balancer, accumulation_steps: int) -> int:
+    """The accumulation steps, once the losses fit the balancer (else a one-line ValueError)."""
+    unknown = sorted(set(losses) - set(balancer.tasks))
+    if unknown:
+        raise ValueError(f"mtl_backward: losses for {unknown}, not tasks of the balancer")
+    if not losses:
+        raise ValueError("mtl_backward: no loss given")
+    k = int(accumulation_steps)
+    if k < 1:
+        raise ValueError(f"mtl_backward: accumulation_steps must be >= 1, got {k}")
+    return k
 
 
 class _OwnParameters:

@@ -36,7 +36,7 @@ def curves(run: Path, out: Path | None) -> int:
 
 
 def panels(args: argparse.Namespace) -> int:
-    from cvmtl.vis.visualize import write_panels
+    from cvmtl.workflows.visualize import write_panels
 
     out, n = write_panels(
         args.checkpoint, args.split, args.num, args.out,

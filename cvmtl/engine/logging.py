@@ -170,7 +170,7 @@ class RunLogger:
 def task_info(task: str, cfg: Any) -> dict[str, Any]:
     """What ``spec.colorize`` / ``spec.encode`` of ``task`` need to know of the run: its class
     names and palette (the task's own classes, else the dataset's), and the depth range."""
-    from cvmtl.vis.colorize import default_palette
+    from cvmtl.tasks.colorize import default_palette
 
     spec = get_task(task)
     num = len(spec.classes) if spec.classes is not None else cfg.data.num_classes

@@ -10,9 +10,9 @@ import torch
 from cvmtl.data.io import encode_depth
 from cvmtl.losses.terms import depth_terms, depth_valid
 from cvmtl.metrics.depth import DepthMetric
+from cvmtl.tasks.colorize import colorize_depth
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.spec import DEPTH, Info, TaskSpec
-from cvmtl.vis.colorize import colorize_depth
 
 DEPTH_METRICS = {
     "abs_err": False, "rel_err": False, "sq_rel": False, "rmse": False, "log_rmse": False,

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 from cvmtl.losses.terms import depth_terms, depth_valid
 from cvmtl.metrics.depth import DepthMetric
+from cvmtl.tasks.colorize import colorize_depth
 from cvmtl.tasks.depth import DEPTH_METRICS, first_channel
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.spec import DISPARITY, Info, TaskSpec
-from cvmtl.vis.colorize import colorize_depth
 
 MAX_DISPARITY = 1e4  # the metric's clamp: far above any disparity in pixels
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from cvmtl.data.io import encode_normals
 from cvmtl.losses.terms import normal_terms, normal_valid
 from cvmtl.metrics.normals import NormalMetric
+from cvmtl.tasks.colorize import angle_error_deg, colorize_normal
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.spec import NORMAL, Info, TaskSpec
-from cvmtl.vis.colorize import angle_error_deg, colorize_normal
 
 NORMAL_METRICS = {
     "mean": False, "median": False, "rmse": False, "a11": True, "a22": True, "a30": True,

@@ -15,10 +15,10 @@ import torch
 
 from cvmtl.losses.terms import seg_terms, seg_valid
 from cvmtl.metrics.segmentation import SegMetric, class_labels, top_class
+from cvmtl.tasks.colorize import colorize_seg, default_palette
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.seg import encode_classes, pixel_accuracy
 from cvmtl.tasks.spec import CLASSES, Info, TaskSpec
-from cvmtl.vis.colorize import colorize_seg, default_palette
 
 PARTS_CLASSES = (
     "background", "head", "torso", "upper arms", "lower arms", "upper legs", "lower legs",

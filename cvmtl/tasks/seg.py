@@ -9,9 +9,9 @@ import torch
 
 from cvmtl.losses.terms import class_weights, seg_terms, seg_valid
 from cvmtl.metrics.segmentation import SegMetric, class_labels, top_class
+from cvmtl.tasks.colorize import colorize_seg
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.spec import CLASSES, Info, TaskSpec
-from cvmtl.vis.colorize import colorize_seg
 
 
 def class_ids(labels: np.ndarray, num_colours: int) -> np.ndarray:

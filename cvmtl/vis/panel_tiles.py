@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from cvmtl.tasks import TaskSpec
+from cvmtl.tasks.colorize import angle_error_deg, colorize_seg
 from cvmtl.tasks.spec import Info
-from cvmtl.vis.colorize import angle_error_deg, colorize_seg
 from cvmtl.vis.task_view import (
     BINARY_MAP,
     CLASS_MAP,

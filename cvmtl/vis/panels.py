@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cvmtl.tasks import get_task
-from cvmtl.vis.colorize import _np
+from cvmtl.tasks.colorize import _np
 from cvmtl.vis.panel_tiles import task_tiles
 from cvmtl.vis.task_view import (
     CLASS_MAP,

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 
 from cvmtl.tasks import TASKS, TaskSpec, get_task
-from cvmtl.tasks.spec import DEPTH, DISPARITY, Info
-from cvmtl.vis.colorize import (
+from cvmtl.tasks.colorize import (
     _np,
     angle_error_deg,
     apply_cmap,
     colorize_seg,
     default_palette,
 )
+from cvmtl.tasks.spec import DEPTH, DISPARITY, Info
 
 CLASS_MAP, BINARY_MAP, SCALAR_MAP, VECTOR_MAP = "classes", "binary", "scalar", "vector"
 # units of the built-in scalar label kinds; a task can name its own with extras["unit"]

@@ -84,7 +84,7 @@ def write_visuals(cfg: Config, num: int = 8) -> Path:
     ``--run``, drawn with a progress bar.
     """
     from cvmtl.vis.curves import plot_curves, read_metrics
-    from cvmtl.vis.visualize import write_panels
+    from cvmtl.workflows.visualize import write_panels
 
     out, _ = write_panels(
         cfg.run_dir / "best.pt", "test", num, cfg.run_dir / "vis", device="cpu", progress=True
