@@ -33,7 +33,14 @@ from typing import Any
 import torch
 
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the one name -> dtype table
+
+
+def amp_dtype(name: str) -> torch.dtype:
+    """The dtype of a precision name: ``bf16`` / ``fp16``, else (``none``, ``fp32``) float32."""
+    return AMP_DTYPES.get(name, torch.float32)
+
+
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: bf16 runs emulated under them
 _ONEDNN_NO_BF16 = {
     "SSE41",

@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "cvmtl"
 # below the engine: they import no engine module
 BASE = ("metrics", "balancers", "losses", "data", "models", "distributed", "tasks", "config",
-        "config_parse", "configs", "precision", "hostmem", "vis", "")  # fmt: skip
+        "config_parse", "configs", "precision", "hostmem", "vis", "serialization", "")  # fmt: skip
 ENGINE = ("engine",)
 SERVING = ("predictor", "inference", "export")  # on top of the engine, below the workflows
 TOP = ("workflows", "commands", "cli")
@@ -119,3 +119,18 @@ def test_modules_and_functions_stay_small():
                 if length > 60:
                     too_long.append(f"{name}.{node.name}: {length} lines")
     assert not too_long, too_long
+
+
+def test_one_place_reads_torch_files():
+    """Only cvmtl/serialization.py calls torch.load (weights_only, the safe reader)."""
+    callers = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "load"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "torch"
+            ):
+                callers.append(name)
+    assert callers == ["cvmtl.serialization"], callers

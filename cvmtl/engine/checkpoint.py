@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cvmtl.serialization import load_weights_only
+
 MAGIC_KEY = "cvmtl_checkpoint"
 FORMAT_VERSION = 1
 
@@ -112,7 +114,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = load_weights_only(path, map_location)
     except Exception as err:  # truncated file, pickle with custom classes, not a torch file
         raise ValueError(
             f"{path} is not a cvmtl checkpoint: torch.load(weights_only=True) failed: "

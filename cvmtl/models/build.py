@@ -17,6 +17,7 @@ from cvmtl.models.backbone import TimmBackbone
 from cvmtl.models.heads import build_head
 from cvmtl.models.multitask import MultiTaskModel, SoftSharingModel
 from cvmtl.models.neck import FPN, LevelFusion, Levels
+from cvmtl.serialization import load_weights_only
 from cvmtl.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def _state_dict_from(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_weights_only(path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         ckpt = ckpt["model"]
     if not isinstance(ckpt, dict):

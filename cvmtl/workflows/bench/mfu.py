@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from cvmtl.precision import amp_dtype
 from cvmtl.workflows.bench.timing import (
     CONV_BATCH,
     CONV_CHANNELS,
@@ -18,7 +19,6 @@ from cvmtl.workflows.bench.timing import (
 )
 
 MFU_DTYPES = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def flops_and_mfu(cfg, dev, flops, img_s, peak_size) -> dict[str, Any]:
@@ -39,8 +39,8 @@ def flops_and_mfu(cfg, dev, flops, img_s, peak_size) -> dict[str, Any]:
     kernels: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(("bf16", "fp32", dtype)):
         kernels[name] = {
-            "matmul": peak_matmul_flops(dev, TORCH_DTYPES[name], peak_size),
-            "conv3x3": peak_conv_flops(dev, TORCH_DTYPES[name], conv_side),
+            "matmul": peak_matmul_flops(dev, amp_dtype(name), peak_size),
+            "conv3x3": peak_conv_flops(dev, amp_dtype(name), conv_side),
         }
     peaks = {name: max(k["flop_s"] for k in ks.values()) for name, ks in kernels.items()}
     bound = max((dtype, "fp32"), key=peaks.__getitem__)
