@@ -213,24 +213,19 @@ def apply_combination(
     batch's gradient). ``mark("balancer")`` ends the balancer's phase: before the backward
     through the trunk (features), after writing the shared gradients (params).
     """
-    if features is not None:
-        gram = feature_gram(grads) if gram is None else gram
-        combined = combine_features(
-            balancer, _scaled(grads, k), _scaled(gram, k * k), task_losses, active
-        )
-    else:
+    if features is None:
         combined, _ = balancer.combine(_scaled(grads, k), task_losses, active)
-    mark = mark or _no_mark
-    if features is not None:
-        mark("balancer")
-        push_features(features, combined * (mult / k))  # the backward through the trunk
-    else:
         write_shared_grad(shared or [], combined * (mult / k))
+        if mark is not None:
+            mark("balancer")
+        return
+    gram = feature_gram(grads) if gram is None else gram
+    combined = combine_features(
+        balancer, _scaled(grads, k), _scaled(gram, k * k), task_losses, active
+    )
+    if mark is not None:
         mark("balancer")
-
-
-def _no_mark(phase: str) -> None:
-    pass
+    push_features(features, combined * (mult / k))  # the backward through the trunk
 
 
 def _scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
