@@ -79,6 +79,9 @@ class ModelConfig:
     # fpn: what the tasks share of the neck. pyramid = the FPN levels, each task fuses them its
     # own way; all = also one fused map for every head; none = one FPN per task
     neck_sharing: str = "pyramid"
+    # fpn: each level fusion first masks every pyramid level with MTAN's attention (per task
+    # under neck_sharing: pyramid)
+    level_attention: bool = False
     soft_weight: float = 1.0e-4
     neck_channels: int = 128
     head_channels: int = 64

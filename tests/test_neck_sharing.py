@@ -42,12 +42,14 @@ def test_all_and_none_shares() -> None:
     assert {id(p) for p in none.shared_parameters()} == {id(p) for p in none.backbone.parameters()}
 
 
+@pytest.mark.parametrize("attention", [False, True])
 @pytest.mark.parametrize("sharing", SHARINGS)
-def test_features_mode_split_equals_forward(sharing: str) -> None:
+def test_features_mode_split_equals_forward(sharing: str, attention: bool) -> None:
     """forward_heads(forward_features(x)) is exactly forward(x), and the gradient reaching the
     shared representation is the sum of what reaches the neck's output in the plain forward."""
     torch.manual_seed(0)
-    model = build_model(make_cfg(f"model.neck_sharing={sharing}")).eval()
+    cfg = make_cfg(f"model.neck_sharing={sharing}", f"model.level_attention={attention}")
+    model = build_model(cfg).eval()
     image = torch.randn(2, 3, 60, 90)  # padded to 64x96 inside
     with torch.no_grad():
         plain = model(image)
@@ -67,15 +69,20 @@ def test_features_mode_split_equals_forward(sharing: str) -> None:
         torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("task", ["seg", "depth"])
-def test_single_task_model_is_the_same_network_under_every_sharing(task: str) -> None:
+@pytest.mark.parametrize(("task", "attention"), [("seg", False), ("depth", False), ("seg", True)])
+def test_single_task_model_is_the_same_network_under_every_sharing(
+    task: str, attention: bool
+) -> None:
     """The baselines do not change with neck_sharing: same modules, created in the same order
     (so seeded alike), same predictions."""
     image = torch.randn(2, 3, 64, 96)
     outs, params = {}, {}
     for sharing in SHARINGS:
         torch.manual_seed(3)
-        model = build_model(make_cfg(f"tasks=[{task}]", f"model.neck_sharing={sharing}")).eval()
+        cfg = make_cfg(
+            f"tasks=[{task}]", f"model.neck_sharing={sharing}", f"model.level_attention={attention}"
+        )
+        model = build_model(cfg).eval()
         with torch.no_grad():
             outs[sharing] = model(image)[task]
         params[sharing] = sorted(float(p.detach().double().sum()) for p in model.parameters())
@@ -84,7 +91,8 @@ def test_single_task_model_is_the_same_network_under_every_sharing(task: str) ->
         assert params[sharing] == params["pyramid"]
 
 
-def test_single_task_model_trains_identically_under_every_sharing() -> None:
+@pytest.mark.parametrize("attention", [False, True])
+def test_single_task_model_trains_identically_under_every_sharing(attention: bool) -> None:
     """Same parameter order (the optimizer's groups) and the same arithmetic: two AdamW steps of
     the one-task model leave the same weights whatever ``neck_sharing`` says."""
     from cvmtl.engine.optim import build_optimizer
@@ -93,7 +101,9 @@ def test_single_task_model_trains_identically_under_every_sharing() -> None:
     image, target = torch.randn(4, 3, 64, 96), torch.randn(4, 1, 64, 96).abs()
     weights = {}
     for sharing in SHARINGS:
-        cfg = make_cfg("tasks=[depth]", f"model.neck_sharing={sharing}")
+        cfg = make_cfg(
+            "tasks=[depth]", f"model.neck_sharing={sharing}", f"model.level_attention={attention}"
+        )
         torch.manual_seed(5)
         model = build_model(cfg)
         optimizer = build_optimizer(model, cfg.train)
@@ -128,3 +138,39 @@ def test_checkpoint_config_without_the_key_is_the_shared_design() -> None:
 def test_unknown_value_is_one_line() -> None:
     with pytest.raises(ValueError, match="model.neck_sharing"):
         make_cfg("model.neck_sharing=heads")
+
+
+def _fusion_pair(attention_bias: float) -> tuple[LevelFusion, LevelFusion]:
+    """A fusion with attention whose masks are pinned by their last norm's bias, and the same
+    fusion (same stage weights) without attention."""
+    torch.manual_seed(0)
+    gated = LevelFusion([4, 8, 16], 8, "bn", attention=True).eval()
+    plain = LevelFusion([4, 8, 16], 8, "bn").eval()
+    plain.load_state_dict(gated.state_dict(), strict=False)  # the stages; plain has no gates
+    for gate in gated.gates:
+        last_norm = gate.mask[1][1]
+        last_norm.weight.data.zero_()
+        last_norm.bias.data.fill_(attention_bias)
+    return gated, plain
+
+
+def test_level_attention_masks_each_level() -> None:
+    """An open mask (sigmoid(+30) = 1) leaves the fusion as without attention; a closed one
+    (sigmoid(-30) = 0) feeds it zeros."""
+    levels = [torch.randn(2, 8, 16 // f, 24 // f) for f in (1, 2, 4)]
+    with torch.no_grad():
+        gated, plain = _fusion_pair(30.0)
+        torch.testing.assert_close(gated(levels), plain(levels))
+        gated, plain = _fusion_pair(-30.0)
+        torch.testing.assert_close(gated(levels), plain([torch.zeros_like(x) for x in levels]))
+
+
+def test_level_attention_is_per_task_and_off_by_default() -> None:
+    assert build_model(make_cfg()).heads["seg"].fusion.gates is None
+    model = build_model(make_cfg("model.level_attention=true"))
+    gates = [model.heads[t].fusion.gates for t in model.tasks]
+    assert all(g is not None and len(g) == len(model.neck.strides) for g in gates)
+    shared = {id(p) for p in model.shared_parameters()}
+    for task in model.tasks:  # every task learns its own masks over the shared levels
+        own = {id(p) for p in model.heads[task].fusion.gates.parameters()}
+        assert own <= {id(p) for p in model.task_parameters(task)} and own.isdisjoint(shared)

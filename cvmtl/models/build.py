@@ -13,10 +13,7 @@ from torch import nn
 
 from cvmtl.config import Config
 from cvmtl.models.arch import ArchModel, build_arch
-from cvmtl.models.backbone import TimmBackbone
-from cvmtl.models.heads import build_head
 from cvmtl.models.multitask import MultiTaskModel, SoftSharingModel
-from cvmtl.models.neck import FPN, LevelFusion, Levels
 from cvmtl.serialization import load_weights_only
 from cvmtl.tasks import TASKS
 
@@ -34,51 +31,14 @@ def check_backbone_name(name: str) -> None:
     raise ValueError(f"model.backbone: unknown timm model {name!r} ({hint})")
 
 
-def build_branch(
-    cfg: Config,
-    tasks: list[str],
-    backbone_kwargs: dict[str, Any] | None = None,
-    neck_sharing: str | None = None,
-) -> MultiTaskModel:
-    """One backbone + a neck + a head for each of ``tasks``; ``neck_sharing`` (default
-    ``model.neck_sharing``) says what of the FPN the heads share (see :class:`MultiTaskModel`)."""
-    m = cfg.model
-    sharing = neck_sharing or m.neck_sharing
-    backbone = TimmBackbone(
-        m.backbone,
-        pretrained=m.pretrained,
-        pretrained_file=m.pretrained_file,
-        img_size=tuple(cfg.data.crop),
-        drop_path=m.drop_path,
-        **(backbone_kwargs or {}),
-    )
-    chans, strides, width = backbone.channels, backbone.strides, m.neck_channels
-    if sharing == "none":
-        neck: FPN | Levels = Levels(chans, strides)
-    else:
-        neck = FPN(chans, strides, width, m.norm, fuse=sharing == "all")
-    heads = {}
-    for t in tasks:  # each head's own neck part is created just before it (see DenseHead)
-        own: nn.Module | None = None
-        if sharing == "pyramid":
-            own = LevelFusion(strides, width, m.norm)
-        elif sharing == "none":
-            own = FPN(chans, strides, width, m.norm)
-        heads[t] = build_head(t, width, cfg.data.num_classes, m.head_channels, m.norm, m, own)
-    model = MultiTaskModel(backbone, neck, heads, cfg.data.num_classes)
-    if m.norm == "syncbn":  # the backbone's own batch norms synchronize too
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
-
-
 def build_model(
     cfg: Config, backbone_kwargs: dict[str, Any] | None = None
 ) -> MultiTaskModel | SoftSharingModel | ArchModel:
     """The model ``cfg.model`` describes for ``cfg.tasks``.
 
-    ``model.arch=fpn`` with ``model.sharing=hard``: one :class:`MultiTaskModel`; ``soft``: a
-    :class:`SoftSharingModel` with one branch per task; any other ``model.arch``: its model from
-    :mod:`cvmtl.models.arch`. ``backbone_kwargs`` go to ``timm.create_model`` (e.g. a smaller
+    Every ``model.arch`` comes from the registry :data:`cvmtl.models.arch.ARCHS`
+    (``fpn``: a :class:`MultiTaskModel`, or a :class:`SoftSharingModel` with ``model.sharing:
+    soft``). ``backbone_kwargs`` go to ``timm.create_model`` (e.g. a smaller
     depth in tests). With ``model.init_from`` the checkpoint's matching weights are loaded and
     the names of skipped ones are logged and kept in ``model.init_skipped``.
     """
@@ -86,22 +46,7 @@ def build_model(
     if unknown or not cfg.tasks:
         raise ValueError(f"tasks: unknown {unknown or cfg.tasks} (available: {', '.join(TASKS)})")
     check_backbone_name(cfg.model.backbone)
-    model: MultiTaskModel | SoftSharingModel | ArchModel
-    if cfg.model.arch != "fpn":
-        model = build_arch(cfg, backbone_kwargs)
-    elif cfg.model.sharing == "hard":
-        model = build_branch(cfg, cfg.tasks, backbone_kwargs)
-    elif cfg.model.sharing == "soft":
-        # one task per branch: the fusion sits in the neck, so soft_weight ties it too
-        branches = {t: build_branch(cfg, [t], backbone_kwargs, "all") for t in cfg.tasks}
-        if not cfg.model.pretrained:  # start the copies equal, as pretrained copies are
-            first = branches[cfg.tasks[0]]
-            for branch in branches.values():
-                branch.backbone.load_state_dict(first.backbone.state_dict())
-                branch.neck.load_state_dict(first.neck.state_dict())
-        model = SoftSharingModel(branches, cfg.model.soft_weight)
-    else:
-        raise ValueError(f"model.sharing: expected hard | soft, got {cfg.model.sharing!r}")
+    model = build_arch(cfg, backbone_kwargs)
     model.init_skipped = []
     if cfg.model.init_from:
         model.init_skipped = load_matching(model, cfg.model.init_from)

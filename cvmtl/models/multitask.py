@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvmtl.models.backbone import TimmBackbone
+from cvmtl.models.base import ArchModel
 from cvmtl.models.neck import FPN, Levels, flatten_maps, unflatten_maps
 
 
@@ -43,8 +44,8 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(image, (0, wp - w, 0, hp - h))
 
 
-class MultiTaskModel(nn.Module):
-    """Hard parameter sharing: ``backbone -> neck -> {task: head}``.
+class MultiTaskModel(ArchModel):
+    """``model.arch: fpn`` with hard parameter sharing: ``backbone -> neck -> {task: head}``.
 
     The neck is shared (``model.neck_sharing``). ``pyramid`` (the default): it returns the FPN's
     levels and each head fuses them its own way (a Panoptic-FPN merge per task); ``all``: it
@@ -56,6 +57,8 @@ class MultiTaskModel(nn.Module):
     baseline: the same network, initialized alike, under every ``neck_sharing``.
     """
 
+    arch = "fpn"
+
     def __init__(
         self,
         backbone: TimmBackbone,
@@ -63,15 +66,7 @@ class MultiTaskModel(nn.Module):
         heads: dict[str, nn.Module],
         num_classes: int,
     ):
-        super().__init__()
-        if not heads:
-            raise ValueError("MultiTaskModel needs at least one task head")
-        self.backbone = backbone
-        self.neck = neck
-        self.heads = nn.ModuleDict(heads)
-        self.tasks: list[str] = list(heads)
-        self.num_classes = num_classes
-        self.size_divisor: int = backbone.size_divisor
+        super().__init__(heads, num_classes, backbone.size_divisor, backbone=backbone, neck=neck)
         self.feature_stride: int = neck.out_stride
 
     def forward_features(self, image: torch.Tensor) -> torch.Tensor:
@@ -104,16 +99,6 @@ class MultiTaskModel(nn.Module):
         """Backbone and neck parameters (what every task's gradient flows through)."""
         yield from self.backbone.parameters()
         yield from self.neck.parameters()
-
-    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
-        """Parameters only ``task`` uses (its head, with its level fusion)."""
-        if task not in self.heads:
-            raise ValueError(f"unknown task {task!r} (model tasks: {', '.join(self.tasks)})")
-        return self.heads[task].parameters()
-
-    def regularization(self) -> torch.Tensor:
-        """Hard sharing has no soft-sharing penalty: 0."""
-        return self.heads[self.tasks[0]].pred.weight.new_zeros(())
 
 
 _NO_SHARED = (

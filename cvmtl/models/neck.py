@@ -48,7 +48,9 @@ class LevelFusion(nn.ModuleList):
     own way; one shared by all tasks (``all``) gives every head the same fused map.
     """
 
-    def __init__(self, strides: list[int], channels: int, norm: str = "bn"):
+    def __init__(
+        self, strides: list[int], channels: int, norm: str = "bn", attention: bool = False
+    ) -> None:
         super().__init__()
         self.strides = list(strides)
         # 2x upsamplings per level: log2(stride / 4) for a padded input (what the export relies
@@ -59,6 +61,10 @@ class LevelFusion(nn.ModuleList):
             stages = [conv_norm_act(channels, channels, 3, norm) for _ in range(max(ups, 1))]
             self.append(nn.ModuleList(stages))
             self.ups.append(ups if OUT_STRIDE * 2**ups == s else -1)
+        # created after the stages: a fusion without attention keeps its parameter order
+        self.gates = (
+            nn.ModuleList(LevelGate(channels, norm) for _ in strides) if attention else None
+        )
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """Pyramid levels (finest first) -> their sum at stride 4 (the finest level's size times
@@ -73,6 +79,8 @@ class LevelFusion(nn.ModuleList):
         f = self.strides[0] // OUT_STRIDE
         target = (levels[0].shape[-2] * f, levels[0].shape[-1] * f)
         fused = None
+        if self.gates is not None:
+            levels = [gate(x) for gate, x in zip(self.gates, levels)]
         for x, stages, ups in zip(levels, self, self.ups):
             for i, stage in enumerate(stages):
                 x = stage(x)
@@ -83,6 +91,22 @@ class LevelFusion(nn.ModuleList):
             fused = x if fused is None else fused + x
         assert fused is not None
         return fused
+
+
+class LevelGate(nn.Module):
+    """MTAN's attention on one pyramid level: ``x * sigmoid(conv-norm(relu(conv-norm(x))))``, a
+    mask per pixel and channel that a task learns over the shared level (Liu et al., CVPR 2019)."""
+
+    def __init__(self, channels: int, norm: str = "bn") -> None:
+        super().__init__()
+        self.mask = nn.Sequential(
+            conv_norm_act(channels, channels, 1, norm),
+            conv_norm_act(channels, channels, 1, norm, act=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask(x)
 
 
 class FPN(nn.Module):
@@ -100,6 +124,7 @@ class FPN(nn.Module):
         channels: int = 128,
         norm: str = "bn",
         fuse: bool = True,
+        attention: bool = False,
     ):
         super().__init__()
         if len(in_channels) != len(strides) or not strides:
@@ -116,7 +141,7 @@ class FPN(nn.Module):
         self.smooth = nn.ModuleList(
             conv_norm_act(channels, channels, 3, norm, False) for _ in strides
         )
-        self.fuse = LevelFusion(strides, channels, norm) if fuse else None
+        self.fuse = LevelFusion(strides, channels, norm, attention) if fuse else None
 
     def levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """Backbone levels -> pyramid levels (lateral 1x1, top-down sum, 3x3 smoothing)."""

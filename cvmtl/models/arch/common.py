@@ -1,16 +1,11 @@
-"""Pieces every ``model.arch`` shares: the model contract (:class:`ArchModel`), a task head at
-any stride (:class:`StrideHead`), flattening of multi-map representations and a small conv.
-
-An :class:`ArchModel` keeps the attributes the rest of cvmtl relies on: ``backbone``, ``neck``
-(possibly empty) and ``heads`` (a ModuleDict holding every module only one task uses, which is
-what fine-tuning trains and what ``task_parameters`` returns), ``tasks``, ``num_classes``,
-``size_divisor``; ``forward(image) -> {task: prediction}`` (plus ``"aux"`` in training mode for
-deep supervision), ``shared_parameters`` / ``task_parameters`` / ``regularization``.
+"""Pieces every ``model.arch`` shares: the model contract (:class:`ArchModel`, from
+:mod:`cvmtl.models.base`), a task head at any stride (:class:`StrideHead`), the backbone and a
+small conv.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvmtl.models.backbone import TimmBackbone
+from cvmtl.models.base import ArchModel  # noqa: F401  (re-exported for the archs)
 from cvmtl.models.heads import TaskHead, crop
 from cvmtl.models.multitask import padded_size  # noqa: F401  (re-exported for the archs)
 from cvmtl.models.neck import conv_norm_act
@@ -32,40 +28,6 @@ def features_refusal(arch: str, why: str) -> ValueError:
         f"model.arch={arch} has no shared representation ({why}), so gradient balancers cannot "
         f"use loss.grad_source=features: use loss.grad_source=params"
     )
-
-
-class ArchModel(nn.Module):
-    """Base of the ``model.arch`` models (see the module docstring).
-
-    Subclasses set ``backbone``, ``neck`` and ``heads``; parameters outside ``heads`` are shared
-    (every task's loss reaches them), those in ``heads[t]`` belong to task ``t`` alone.
-    """
-
-    arch = "?"
-
-    def __init__(self, heads: dict[str, nn.Module], num_classes: int, size_divisor: int):
-        super().__init__()
-        if not heads:
-            raise ValueError(f"model.arch={self.arch} needs at least one task")
-        self.heads = nn.ModuleDict(heads)
-        self.tasks: list[str] = list(heads)
-        self.num_classes = num_classes
-        self.size_divisor = int(size_divisor)
-
-    def shared_parameters(self) -> Iterator[nn.Parameter]:
-        """Every parameter outside the task heads (what all tasks' gradients flow through)."""
-        own = {id(p) for p in self.heads.parameters()}
-        return (p for p in self.parameters() if id(p) not in own)
-
-    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
-        """Parameters only ``task`` uses (``heads[task]``)."""
-        if task not in self.heads:
-            raise ValueError(f"unknown task {task!r} (model tasks: {', '.join(self.tasks)})")
-        return self.heads[task].parameters()
-
-    def regularization(self) -> torch.Tensor:
-        """No soft-sharing penalty: 0."""
-        return next(self.parameters()).new_zeros(())
 
 
 class StrideHead(TaskHead):
@@ -96,7 +58,7 @@ class StrideHead(TaskHead):
 
 
 def make_backbone(cfg: Any, backbone_kwargs: dict[str, Any] | None = None) -> TimmBackbone:
-    """The ``cfg.model`` backbone (as :func:`cvmtl.models.build.build_branch` makes it)."""
+    """The ``cfg.model`` backbone."""
     m = cfg.model
     return TimmBackbone(
         m.backbone,
