@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import cvmtl
 from cvmtl.config import load_config
 from cvmtl.losses import compute_losses
-from cvmtl.metrics.saliency import SaliencyMetric
+from cvmtl.scoring.saliency import SaliencyMetric
 from cvmtl.tasks import get_task
 from cvmtl.tasks.parts import PARTS_PALETTE
 

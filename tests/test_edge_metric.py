@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from cvmtl.metrics.edge import EdgeMetric
-from cvmtl.metrics.edge_match import exact_counts, match_count, maximum_matching_size, thin
+from cvmtl.scoring.edge import EdgeMetric
+from cvmtl.scoring.edge_match import exact_counts, match_count, maximum_matching_size, thin
 
 H, W = 40, 60
 RADIUS = 1.5  # pixels

@@ -15,7 +15,7 @@ from scipy.io import savemat
 from cvmtl.data.dataset import DenseDataset
 from cvmtl.data.formats import DataError, list_ids, load_dataset_info, load_sample
 from cvmtl.data.pascal_mt import NORMALS_VALID_CONTEXT_IDS, voc_palette
-from cvmtl.metrics.thinning import thin
+from cvmtl.scoring.thinning import thin
 from cvmtl.tasks.spec import BINARY, CLASSES, THIN_BINARY
 
 TASKS = ("seg", "parts", "saliency", "normal", "edge")

@@ -9,8 +9,8 @@ import torch
 
 from cvmtl.config import Config
 from cvmtl.metrics import DepthMetric, NormalMetric, SegMetric, build_metrics, delta_m
-from cvmtl.metrics.normals import histogram_median
-from cvmtl.metrics.segmentation import NO_PREDICTION, class_labels
+from cvmtl.scoring.normals import histogram_median
+from cvmtl.scoring.segmentation import NO_PREDICTION, class_labels
 
 # ---------------------------------------------------------------- numpy references
 
@@ -188,7 +188,7 @@ def test_seg_random_streaming_matches_numpy():
 
 
 def test_indicator_is_a_float_mask_with_nan_false():
-    from cvmtl.metrics._common import indicator
+    from cvmtl.scoring._common import indicator
 
     x = torch.tensor([-1.0, 0.0, 2.0, math.nan, math.inf])
     mask = indicator(torch.gt, x, 0.0)
@@ -198,7 +198,7 @@ def test_indicator_is_a_float_mask_with_nan_false():
 
 
 def test_count_ones_is_exact_beyond_float32_integers():
-    from cvmtl.metrics._common import count_ones
+    from cvmtl.scoring._common import count_ones
 
     mask = torch.ones(3, 2**23 + 1)  # 25,165,827 ones: more than float32 counts exactly (2**24)
     mask[1, ::7] = 0

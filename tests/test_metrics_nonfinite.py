@@ -125,8 +125,8 @@ def test_nonfinite_streams_over_batches_and_resets():
 
 def test_scoring_helpers_for_report_statistics():
     """scored_depth / scored_angles: the same rule for anything that bins errors (reports)."""
-    from cvmtl.metrics.depth import scored_depth
-    from cvmtl.metrics.normals import scored_angles
+    from cvmtl.scoring.depth import scored_depth
+    from cvmtl.scoring.normals import scored_angles
 
     p, g, valid, bad = scored_depth(
         _pixels([[NAN], [INF], [20.0], [NAN]]), _pixels([[1.0], [9.0], [4.0], [0.0]]), 1e-3, 10.0

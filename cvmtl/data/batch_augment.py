@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from cvmtl.metrics.thinning import thin
+from cvmtl.scoring.thinning import thin
 from cvmtl.tasks import LabelKind
 
 _NEAREST = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP

@@ -3,7 +3,8 @@
 Encoding (see data/README.md): images 8-bit RGB PNG/JPEG; segmentation 8-bit PNG, 255 = ignore;
 depth 16-bit PNG in ``depth_scale`` units per metre (default 1000 = millimetres), 0 = invalid;
 normals 16-bit RGB PNG, value = (n + 1) / 2 * 65535 per axis, all-zero = invalid; binary maps
-(edges, saliency masks) 8-bit PNG of 0 and 255 (read as > 127 = 1).
+(edges, saliency masks) 8-bit PNG of 0 and 255 (read as > 127 = 1). The depth and normal values
+are :mod:`cvmtl.png_codec`'s (shared with the depth / normal task specs' prediction files).
 cv2 stores colour as BGR: every function here takes and returns RGB.
 """
 
@@ -16,8 +17,9 @@ import cv2
 import numpy as np
 import yaml
 
+from cvmtl.png_codec import DEPTH_SCALE, decode_normals, encode_depth, encode_normals
+
 PNG_END = b"IEND\xaeB`\x82"
-DEPTH_SCALE = 1000.0  # PNG units per metre
 
 
 class DataError(ValueError):
@@ -94,24 +96,6 @@ def read_depth_png(
     return array.astype(np.float32) / np.float32(depth_scale)
 
 
-def decode_normals(raw: np.ndarray, max_value: float, renormalize: bool = True) -> np.ndarray:
-    """Map stored RGB values v in [0, max_value] to n = 2 v / max_value - 1; all-zero = invalid.
-
-    With ``renormalize`` valid normals are scaled to unit length (worth it for 8-bit values; the
-    16-bit quantization error, ~2e-5, is below anything a metric sees).
-    """
-    normal = raw.astype(np.float32)
-    normal *= np.float32(2.0 / max_value)
-    normal -= np.float32(1.0)
-    if renormalize:
-        sq = np.einsum("...c,...c->...", normal, normal)
-        scale = np.float32(1.0) / np.sqrt(np.maximum(sq, np.float32(1e-12)))
-        scale[sq < 1e-6] = 0
-        normal *= scale[..., None]
-    normal[~raw.any(axis=2)] = 0
-    return normal
-
-
 def read_normal_png(path: Path | str, sample_id: str | None = None) -> np.ndarray:
     """Normals float32 HxWx3 (RGB = xyz) from a 16-bit or 8-bit RGB PNG; all-zero = invalid."""
     array = decode(path, sample_id, "normals")
@@ -147,27 +131,11 @@ def write_seg_png(path: Path | str, seg: np.ndarray) -> None:
     _write_png(Path(path), seg.astype(np.uint8))
 
 
-def encode_depth(depth: np.ndarray, depth_scale: float = DEPTH_SCALE) -> np.ndarray:
-    """Metres -> uint16 PNG units; non-finite and non-positive -> 0 (invalid), clipped at max."""
-    depth = np.asarray(depth, dtype=np.float64)
-    depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0)
-    return np.clip(np.round(depth * depth_scale), 0, 65535).astype(np.uint16)
-
-
 def write_depth_png(path: Path | str, depth: np.ndarray, depth_scale: float = DEPTH_SCALE) -> None:
     """Write metric depth (HxW metres, 0 = invalid) as a 16-bit PNG."""
     if np.ndim(depth) != 2:
         raise ValueError(f"depth must be HxW, got shape {np.shape(depth)}")
     _write_png(Path(path), encode_depth(depth, depth_scale))
-
-
-def encode_normals(normal: np.ndarray) -> np.ndarray:
-    """Unit normals HxWx3 -> uint16 RGB (n + 1) / 2 * 65535; zero or non-finite -> all-zero."""
-    normal = np.asarray(normal, dtype=np.float64)
-    valid = np.isfinite(normal).all(axis=2) & (np.abs(normal).sum(axis=2) > 0)
-    value = np.clip(np.round((np.nan_to_num(normal) + 1.0) * 0.5 * 65535.0), 0, 65535)
-    # A valid normal never encodes to (0, 0, 0): that would need n = (-1, -1, -1).
-    return np.where(valid[..., None], value, 0).astype(np.uint16)
 
 
 def write_normal_png(path: Path | str, normal: np.ndarray) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 from cvmtl.data import io
 from cvmtl.data.format_readers import check_seg, read_binary_png, read_label_png
 from cvmtl.data.io import DataError
-from cvmtl.metrics.thinning import thin
+from cvmtl.scoring.thinning import thin
 
 TASKS = ("seg", "parts", "saliency", "normal", "edge")
 VOC_CLASSES = [

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from cvmtl.metrics.thinning import thin
+from cvmtl.scoring.thinning import thin
 from cvmtl.tasks import TASKS, LabelKind
 
 

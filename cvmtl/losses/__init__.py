@@ -30,7 +30,7 @@ import functools
 import torch
 
 from cvmtl.distributed import all_reduce_sum
-from cvmtl.losses.terms import SILOG_LAMBDA, labeled_mask, safe_log
+from cvmtl.loss_terms import SILOG_LAMBDA, labeled_mask, safe_log
 from cvmtl.tasks import get_task
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cvmtl.losses.binary import binary_valid
+from cvmtl.loss_terms import binary_valid
 from cvmtl.tasks.spec import Info, TaskSpec
 
 _EPS = 1e-6

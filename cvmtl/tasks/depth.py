@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cvmtl.data.io import encode_depth
-from cvmtl.losses.terms import depth_terms, depth_valid
-from cvmtl.metrics.depth import DepthMetric
+from cvmtl.loss_terms import depth_terms, depth_valid
+from cvmtl.png_codec import encode_depth
+from cvmtl.scoring.depth import DepthMetric
 from cvmtl.tasks.colorize import colorize_depth
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.spec import DEPTH, Info, TaskSpec

@@ -3,7 +3,7 @@
 Units are the dataset's (pixels in the official Cityscapes files; mtan's preprocessed copy is
 scaled down). The head is ``softplus``: positive and free of a preset range, since the two
 Cityscapes copies differ in scale. Loss: L1 over valid pixels (mtan / LibMTL). Metrics: those of
-``depth`` (:class:`cvmtl.metrics.depth.DepthMetric`, range ``(0, eval.max_disparity]``, default
+``depth`` (:class:`cvmtl.scoring.depth.DepthMetric`, range ``(0, eval.max_disparity]``, default
 1e4), ``abs_err`` and ``rel_err`` count in delta_m. Files: uint16 PNG ``round(256 d) + 1`` (0 =
 invalid), the Cityscapes disparity encoding, plus a colour map.
 """
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvmtl.losses.terms import depth_terms, depth_valid
-from cvmtl.metrics.depth import DepthMetric
+from cvmtl.loss_terms import depth_terms, depth_valid
+from cvmtl.scoring.depth import DepthMetric
 from cvmtl.tasks.colorize import colorize_depth
 from cvmtl.tasks.depth import DEPTH_METRICS, first_channel
 from cvmtl.tasks.registry import register

@@ -1,8 +1,8 @@
 """``edge``: thin object boundaries (PASCAL-Context / NYUD edges), 1-channel logits.
 
 Loss: Multi-Task-Learning-PyTorch's weighted BCE, ``loss.edge_pos_weight`` (0.95) on edge pixels
-and 1 - that on the rest (:func:`cvmtl.losses.binary.weighted_bce_terms`). Metric:
-:class:`cvmtl.metrics.edge.EdgeMetric` (``odsf`` counts in delta_m), configured by these
+and 1 - that on the rest (:func:`cvmtl.loss_terms.weighted_bce_terms`). Metric:
+:class:`cvmtl.scoring.edge.EdgeMetric` (``odsf`` counts in delta_m), configured by these
 attributes of the eval config (absent ones take the defaults):
 
 - ``edge_max_dist`` (0.0075): matching tolerance, a fraction of the image diagonal;
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from cvmtl.losses.binary import weighted_bce_terms
-from cvmtl.metrics.edge import THRESHOLDS, EdgeMetric
+from cvmtl.loss_terms import weighted_bce_terms
+from cvmtl.scoring.edge import THRESHOLDS, EdgeMetric
 from cvmtl.tasks.binary import binary_task, positives_at_half
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.spec import THIN_BINARY

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvmtl.data.io import encode_normals
-from cvmtl.losses.terms import normal_terms, normal_valid
-from cvmtl.metrics.normals import NormalMetric
+from cvmtl.loss_terms import normal_terms, normal_valid
+from cvmtl.png_codec import encode_normals
+from cvmtl.scoring.normals import NormalMetric
 from cvmtl.tasks.colorize import angle_error_deg, colorize_normal
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.spec import NORMAL, Info, TaskSpec

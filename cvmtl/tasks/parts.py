@@ -3,7 +3,7 @@
 Classes as Multi-Task-Learning-PyTorch's ``HumanPartsMeter``: background, head, torso, upper
 arms, lower arms (+ hands), upper legs, lower legs (+ feet); 255 = unknown. Images without a person
 carry no label (``has`` False). Loss: plain cross-entropy (``loss.seg_class_weights`` and label
-smoothing belong to ``seg``); metric: :class:`cvmtl.metrics.segmentation.SegMetric` with 7 classes.
+smoothing belong to ``seg``); metric: :class:`cvmtl.scoring.segmentation.SegMetric` with 7 classes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cvmtl.losses.terms import seg_terms, seg_valid
-from cvmtl.metrics.segmentation import SegMetric, class_labels, top_class
+from cvmtl.loss_terms import seg_terms, seg_valid
+from cvmtl.scoring.segmentation import SegMetric, class_labels, top_class
 from cvmtl.tasks.colorize import colorize_seg, default_palette
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.seg import encode_classes, pixel_accuracy

@@ -1,7 +1,7 @@
 """``saliency``: the salient-object mask (PASCAL-Context's distilled saliency), 1-channel logits.
 
-Loss: BCE, the mean over known pixels (:func:`cvmtl.losses.binary.bce_terms`). Metric:
-:class:`cvmtl.metrics.saliency.SaliencyMetric`: ``maxf`` (F-beta, beta^2 = 0.3, counts in
+Loss: BCE, the mean over known pixels (:func:`cvmtl.loss_terms.bce_terms`). Metric:
+:class:`cvmtl.scoring.saliency.SaliencyMetric`: ``maxf`` (F-beta, beta^2 = 0.3, counts in
 delta_m) and ``miou``.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cvmtl.losses.binary import bce_terms
-from cvmtl.metrics.saliency import SaliencyMetric
+from cvmtl.loss_terms import bce_terms
+from cvmtl.scoring.saliency import SaliencyMetric
 from cvmtl.tasks.binary import binary_task, positives_at_half
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.spec import BINARY

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cvmtl.losses.terms import class_weights, seg_terms, seg_valid
-from cvmtl.metrics.segmentation import SegMetric, class_labels, top_class
+from cvmtl.loss_terms import class_weights, seg_terms, seg_valid
+from cvmtl.scoring.segmentation import SegMetric, class_labels, top_class
 from cvmtl.tasks.colorize import colorize_seg
 from cvmtl.tasks.registry import register
 from cvmtl.tasks.spec import CLASSES, Info, TaskSpec

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from cvmtl.engine.evaluator import evaluate
-from cvmtl.metrics.depth import scored_depth
-from cvmtl.metrics.normals import scored_angles
+from cvmtl.scoring.depth import scored_depth
+from cvmtl.scoring.normals import scored_angles
 from cvmtl.tasks import get_task
 from cvmtl.tasks.spec import DEPTH
 

@@ -71,7 +71,7 @@ def train_smp(cfg: Config, seed: int) -> dict[str, Any]:
     from cvmtl.data.loader import build_loaders, set_epoch
     from cvmtl.engine.evaluator import evaluate
     from cvmtl.engine.optim import build_scheduler
-    from cvmtl.losses.terms import IGNORE_INDEX
+    from cvmtl.loss_terms import IGNORE_INDEX
 
     cfg = copy.deepcopy(cfg)
     task = segmentation_task(cfg)

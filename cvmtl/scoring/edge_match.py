@@ -7,7 +7,7 @@ assignment whose outlier cost (100 x the distance) makes it keep as many pairs a
 the pair counts enter precision / recall, so here they come from an exact maximum bipartite
 matching on the pairs within the tolerance (:func:`maximum_matching_size`). The predictions are
 thinned to one pixel first at every threshold (MATLAB ``bwmorph(.., 'thin', Inf)``, i.e.
-:func:`cvmtl.metrics.thinning.thin`), as BSDS and pyedgeeval do by default. (pyedgeeval's own
+:func:`cvmtl.scoring.thinning.thin`), as BSDS and pyedgeeval do by default. (pyedgeeval's own
 ``binary_thin`` stops early when a first sub-iteration changes nothing; its ``bwmorph_thin`` and
 ours agree on every map we tried.)
 """
@@ -19,7 +19,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
 
-from cvmtl.metrics.thinning import thin
+from cvmtl.scoring.thinning import thin
 
 __all__ = ["Matcher", "exact_counts", "match_count", "maximum_matching_size", "thin"]
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from cvmtl.metrics._common import (
+from cvmtl.scoring._common import (
     accumulate,
     check_shapes,
     count_bins,

@@ -10,7 +10,7 @@ matchers (the results say which: ``exact`` 0 or 1):
   prediction along a true edge is all correct. It runs on the tensors' device without a host
   read: one max-pool per disk row for all thresholds at once.
 - exact (``exact=True``; eval config attribute ``edge_exact``): the BSDS protocol of
-  :mod:`cvmtl.metrics.edge_match`: predictions thinned at each threshold, then matched one to one.
+  :mod:`cvmtl.scoring.edge_match`: predictions thinned at each threshold, then matched one to one.
   It runs on the CPU per image and threshold: for final evaluation.
 
 Counts per threshold are summed over the split for odsF (the F of the summed counts, maximised
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvmtl.metrics._common import accumulate, count_bins, reduced
-from cvmtl.metrics.edge_match import exact_counts
-from cvmtl.metrics.saliency import (
+from cvmtl.scoring._common import accumulate, count_bins, reduced
+from cvmtl.scoring.edge_match import exact_counts
+from cvmtl.scoring.saliency import (
     binary_targets,
     count_at_thresholds,
     even_thresholds,

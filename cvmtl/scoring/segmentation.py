@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cvmtl.metrics._common import accumulate, count_bins, reduced
+from cvmtl.scoring._common import accumulate, count_bins, reduced
 
 NO_PREDICTION = -1  # the label of a pixel whose logits are not all finite (see class_labels)
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from cvmtl.metrics._common import accumulate, count_bins, reduced
+from cvmtl.scoring._common import accumulate, count_bins, reduced
 
 BETA_SQ = 0.3  # F-beta of salient-object detection (Achanta et al.; InvPT's SaliencyMeter)
 THRESHOLDS = 19  # 0.05, 0.10, ..., 0.95 as InvPT's SaliencyMeter(threshold_step=0.05)
