@@ -12,6 +12,7 @@ __all__ = [
     "build_balancer",
     "build_model",
     "load_config",
+    "mtl_after_step",
     "mtl_backward",
 ]
 
@@ -26,10 +27,10 @@ def __getattr__(name: str):
         from cvmtl.balancers import build_balancer
 
         return build_balancer
-    if name == "mtl_backward":
-        from cvmtl.balancers.api import mtl_backward
+    if name in ("mtl_backward", "mtl_after_step"):
+        from cvmtl.balancers import api
 
-        return mtl_backward
+        return getattr(api, name)
     if name == "Predictor":
         from cvmtl.predictor import Predictor
 

@@ -4,8 +4,9 @@
 
 Why a plain DDP script and not Lightning: it is the loop that the balancer has to fit into, with
 nothing hidden. No DistributedDataParallel wrapper (it would all-reduce after each per-task
-backward); instead each rank's losses are its share of the global mean, and every gradient is
-summed over the ranks before the step.
+backward); instead each rank's losses are its share of the global mean, and the model's
+gradients are summed over the ranks before the step. Any balancer works this way (UW, DWA, FAMO,
+... included): the loss values it sees are made global inside ``cvmtl.mtl_backward``.
 """
 
 import argparse
@@ -32,26 +33,37 @@ torch.manual_seed(0)  # the same initial weights and data on every rank
 trunk = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 16))
 heads = nn.ModuleDict({"left": nn.Linear(16, 1), "right": nn.Linear(16, 3)})
 params = [*trunk.parameters(), *heads.parameters()]
-optimizer = torch.optim.SGD(params, lr=0.1)
 balancer = cvmtl.build_balancer(args.balancer, tasks=["left", "right"])
+optimizer = torch.optim.SGD([*params, *balancer.parameters()], lr=0.1)  # UW has parameters
+
+
+def shares(x, y):
+    """This rank's share of the global mean losses (equal local batches: local mean / world)."""
+    z = trunk(x)
+    losses = {
+        "left": heads["left"](z).pow(2).mean() / world,
+        "right": (heads["right"](z) - y).abs().mean() / world,
+    }
+    return z, losses
+
 
 for step in range(args.steps):
     x, y = torch.randn(8, 6), torch.randn(8, 3)  # the global batch; each rank takes its rows
     x, y = x.chunk(world)[rank], y.chunk(world)[rank]
-    z = trunk(x)
-    losses = {  # this rank's share of the global means
-        "left": heads["left"](z).pow(2).mean() / world,
-        "right": (heads["right"](z) - y).abs().mean() / world,
-    }
+    z, losses = shares(x, y)
     features = None if args.params else z
     weights = cvmtl.mtl_backward(
         losses, balancer, shared_params=trunk.parameters(), features=features
     )
     if distributed:
-        for p in params:
+        for p in params:  # the model's gradients (the balancer's are the same on every rank)
             dist.all_reduce(p.grad)
     optimizer.step()
     optimizer.zero_grad()
+    if getattr(balancer, "needs_post_step_losses", False):  # FAMO: the batch after the step
+        with torch.no_grad():
+            _, losses = shares(x, y)
+    cvmtl.mtl_after_step(losses, balancer)  # stateful methods; the others ignore it
     if rank == 0:
         print(f"step {step}: " + ", ".join(f"w_{t} {w:.6f}" for t, w in weights.items()))
 if rank == 0:

@@ -21,9 +21,10 @@ args = parser.parse_args()
 torch.manual_seed(0)
 net = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5)
 depth_head = nn.Conv2d(960, 1, 1)  # on the backbone's "high" (stride-16) map
-params = [*net.parameters(), *depth_head.parameters()]
-optimizer = torch.optim.AdamW(params, lr=1e-3)
 balancer = cvmtl.build_balancer(args.balancer, tasks=["seg", "depth"])
+# a balancer's own parameters (uw's log-variances) train with the model
+params = [*net.parameters(), *depth_head.parameters(), *balancer.parameters()]
+optimizer = torch.optim.AdamW(params, lr=1e-3)
 
 for step in range(args.steps):
     image = torch.randn(2, 3, 64, 64)
@@ -40,5 +41,7 @@ for step in range(args.steps):
     )
     optimizer.step()
     optimizer.zero_grad()
+    # stateful balancers move on (famo wants this batch's losses recomputed after the step)
+    cvmtl.mtl_after_step(losses, balancer)
     shown = ", ".join(f"{t} {v.item():.3f} (w {weights[t]:.2f})" for t, v in losses.items())
     print(f"step {step}: {shown}")

@@ -1,5 +1,6 @@
 """The scripts in examples/ run as a user runs them."""
 
+import json
 import os
 import re
 import subprocess
@@ -7,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from cvmtl.balancers import BALANCERS, build_balancer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,3 +48,64 @@ def test_ddp_example_two_processes_equal_one(balancer, mode):
     assert len(numbers[0]) == 7 and len(numbers[1]) == 7  # 3 steps x 2 weights + checksum
     for a, b in zip(*numbers):
         assert abs(float(a) - float(b)) < 1e-6
+
+
+TWO_TASKS = ["left", "right"]
+GRADIENT = [n for n in BALANCERS if build_balancer(n, TWO_TASKS).kind == "gradient"]
+CASES = [(n, "features") for n in BALANCERS] + [(n, "params") for n in GRADIENT]
+
+
+@pytest.fixture(scope="module")
+def ddp_balancers(tmp_path_factory) -> dict:
+    """tests/ddp_balancers.py on one process and on two gloo processes, at the same time (one
+    launch each for every balancer: starting the processes is the cost)."""
+    out = tmp_path_factory.mktemp("ddp_balancers")
+    script = str(ROOT / "tests" / "ddp_balancers.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmds = [[sys.executable, script, str(out / "one")],
+            [*torchrun, "--nproc_per_node", "2", script, str(out / "two")]]  # fmt: skip
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for c in cmds
+    ]
+    try:
+        logs = [proc.communicate(timeout=300)[0] for proc in procs]
+    finally:
+        for proc in procs:  # a hung rendezvous or collective: stop it
+            if proc.poll() is None:
+                proc.kill()
+    for proc, log in zip(procs, logs):
+        assert proc.returncode == 0, log[-3000:]
+    return {
+        "one": json.loads((out / "one" / "rank0.json").read_text()),
+        "two": [json.loads((out / "two" / f"rank{r}.json").read_text()) for r in (0, 1)],
+    }
+
+
+@pytest.mark.parametrize(("name", "mode"), CASES)
+def test_every_balancer_two_processes_equal_one(ddp_balancers, name, mode):
+    """Each registered balancer through the public API on a model of the user's own: two gloo
+    processes with half the batch each leave the weights and parameters (the balancer's own
+    included) of one process on the whole batch, and both ranks agree. A balancer that needs the
+    raw per-task feature gradients refuses the features mode under DDP with one clear line."""
+    key = f"{name}/{mode}"
+    one, (two, other) = ddp_balancers["one"][key], [r[key] for r in ddp_balancers["two"]]
+    if "error" in one:  # a mode the balancer refuses on any number of processes
+        assert one["error"].startswith("ValueError: ") and "\n" not in one["error"], one
+        assert two == one == other, (one, two)
+        pytest.skip(f"{name} refuses {mode} mode: {one['error']}")
+    if "error" in two:
+        error = two["error"]
+        assert error.startswith("ValueError: ") and "\n" not in error, two
+        assert mode == "features" and not build_balancer(name, TWO_TASKS).uses_gram, error
+        assert "params mode" in error and other == two, error
+        pytest.skip(f"{name} refuses features mode under DDP (needs raw gradients): {error}")
+    assert other == two, "the two ranks differ"
+    # float32 throughout: 1e-6, relative for the weights above 1 (GLS, DB-MTL: 5 to 10)
+    torch.testing.assert_close(
+        torch.tensor(two["weights"]), torch.tensor(one["weights"]), atol=1e-6, rtol=1e-6
+    )
+    torch.testing.assert_close(
+        torch.tensor(two["params"]), torch.tensor(one["params"]), atol=1e-6, rtol=0
+    )

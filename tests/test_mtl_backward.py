@@ -157,6 +157,29 @@ def test_scaler_and_accumulation_scale_like_backward():
         torch.testing.assert_close(p.grad, 8 * q.grad, atol=1e-5, rtol=1e-5)
 
 
+def test_accumulation_gives_uw_its_whole_batch_gradient():
+    """UW's log-variances get, over k accumulated shares, their gradient at the whole batch's
+    losses (once, not k times: the ``+ s_t`` term is no share), as the engine gives them."""
+    torch.manual_seed(0)
+    model, x = TwoHeads(), torch.randn(6, 6)
+    whole = copy.deepcopy(model)
+    acc, ref = build_balancer("uw", ["left", "right"]), build_balancer("uw", ["left", "right"])
+    with torch.no_grad():
+        for b in (acc, ref):
+            b.log_vars["left"].fill_(0.3)
+            b.log_vars["right"].fill_(-0.2)
+    for part in x.chunk(2):
+        _, losses = model(part)
+        shares = {t: v / 2 for t, v in losses.items()}
+        mtl_backward(shares, acc, shared_params=model.trunk.parameters(), accumulation_steps=2)
+    _, losses = whole(x)
+    mtl_backward(losses, ref, shared_params=whole.trunk.parameters())
+    for p, q in zip(
+        [*model.parameters(), *acc.parameters()], [*whole.parameters(), *ref.parameters()]
+    ):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5)
+
+
 def test_bad_input_is_one_line():
     model = TwoHeads()
     z, losses = model(torch.randn(2, 6))

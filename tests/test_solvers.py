@@ -92,6 +92,40 @@ def test_min_quad_lower_matches_lbfgsb():
             assert float(w[r] @ gram @ w[r]) <= res.fun + 1e-8
 
 
+def _badly_scaled(t: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conflicting gradients ``[t, 10]`` with norms spread over 1e-2 .. 1e2, and the scales."""
+    j = torch.randn(t, 10, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    j[1] -= 1.5 * j[0]
+    d = torch.logspace(-2, 2, t, dtype=torch.float64)
+    return j * d[:, None], d
+
+
+@pytest.mark.parametrize("t", [3, 4, 5])
+def test_min_quad_lower_does_not_depend_on_task_scales(t):
+    """``argmin_{w >= l} w^T (D G D) w = D^-1 argmin_{v >= D l} v^T G v``: rescaling the tasks
+    must not move the answer (a ridge relative to the mean squared norm moved it by 2e-3)."""
+    for seed in range(3):
+        j, d = _badly_scaled(t, seed)
+        lower = torch.eye(t, dtype=torch.float64) / t
+        w = min_quad_lower(j @ j.T, lower)
+        unit = j / d[:, None]
+        ref = min_quad_lower(unit @ unit.T, lower * d) / d
+        torch.testing.assert_close(w * d, ref * d, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("t", [3, 4, 5])
+def test_min_norm_simplex_kkt_on_badly_scaled_gradients(t):
+    """The min-norm point ``x = J^T w`` has ``g_i . x >= |x|^2``, with equality on the support
+    (relative KKT residual 2e-4 with a ridge relative to the mean squared norm)."""
+    for seed in range(3):
+        j, _ = _badly_scaled(t, seed)
+        w = min_norm_simplex(j @ j.T)
+        x = w @ j
+        gap = (j @ x - x @ x) / (x @ x)
+        assert (gap >= -1e-6).all()
+        assert (gap[w > 1e-9].abs() <= 1e-6).all()
+
+
 def test_nash_newton_solves_the_bargaining_equation():
     for seed in range(5):
         gram = _gram(4, 8, seed)

@@ -17,6 +17,7 @@ BALANCERS: dict[str, str] = {
     "rlw": "cvmtl.balancers.loss_level:RLW",
     "gls": "cvmtl.balancers.loss_level:GLS",
     "famo": "cvmtl.balancers.loss_level:FAMO",
+    "stch": "cvmtl.balancers.stch:STCH",
     "mgda": "cvmtl.balancers.gradient.mgda:MGDA",
     "pcgrad": "cvmtl.balancers.gradient.pcgrad:PCGrad",
     "cagrad": "cvmtl.balancers.gradient.cagrad:CAGrad",
@@ -27,7 +28,15 @@ BALANCERS: dict[str, str] = {
     "gradvac": "cvmtl.balancers.gradient.gradvac:GradVac",
     "aligned_mtl": "cvmtl.balancers.gradient.aligned:AlignedMTL",
     "db_mtl": "cvmtl.balancers.gradient.dbmtl:DBMTL",
+    "fairgrad": "cvmtl.balancers.gradient.fairgrad:FairGrad",
+    "excessmtl": "cvmtl.balancers.gradient.excessmtl:ExcessMTL",
+    "rgw": "cvmtl.balancers.gradient.rgw:RGW",
+    "moco": "cvmtl.balancers.gradient.moco:MoCo",
+    "modo": "cvmtl.balancers.gradient.modo:MoDo",
+    "sdmgrad": "cvmtl.balancers.gradient.sdmgrad:SDMGrad",
     "upgrad": "cvmtl.balancers.gradient.upgrad:UPGrad",
+    "dualproj": "cvmtl.balancers.gradient.dualproj:DualProj",
+    "config": "cvmtl.balancers.gradient.conflict_free:ConFIG",
 }
 
 __all__ = [
@@ -36,15 +45,16 @@ __all__ = [
     "LossBalancer",
     "balancer_class",
     "build_balancer",
+    "mtl_after_step",
     "mtl_backward",
 ]
 
 
 def __getattr__(name: str):
-    if name == "mtl_backward":  # lazy: the engine's machinery imports this package first
-        from cvmtl.balancers.api import mtl_backward
+    if name in ("mtl_backward", "mtl_after_step"):  # lazy: machinery imports this package first
+        from cvmtl.balancers import api
 
-        return mtl_backward
+        return getattr(api, name)
     raise AttributeError(f"module 'cvmtl.balancers' has no attribute {name!r}")
 
 

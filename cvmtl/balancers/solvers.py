@@ -3,13 +3,15 @@
 The problems live in T dimensions (T = number of tasks, a handful), so the exact solvers enumerate
 the 2^T candidate supports / active sets at once as one batched ``linalg.solve``: no data-dependent
 branches, no ``.item()``, no CPU round trip, and the answer is exact (up to a 1e-12 ridge) rather
-than an iterate. The enumeration is capped at ``MAX_ENUM_TASKS`` tasks.
+than an iterate (the ridge is relative to each task's squared gradient norm, so badly scaled
+tasks are solved as exactly as unit ones). The enumeration is capped at ``MAX_ENUM_TASKS`` tasks.
 
 - ``min_norm_simplex``: MGDA's min-norm point of the convex hull (Sener & Koltun, NeurIPS 2018);
   Frank-Wolfe beyond the cap.
 - ``cagrad_dual``: CAGrad's dual over the simplex (Liu et al., NeurIPS 2021).
 - ``min_quad_lower``: ``min_w w^T G w  s.t.  w >= u`` per row of ``u`` (UPGrad's projection onto
   the dual cone, Quinton & Layer 2024).
+- ``project_simplex``: Euclidean projection onto the probability simplex (MoDo, SDMGrad).
 - ``nash_newton``: the Nash bargaining solution ``G a = 1/a`` (Navon et al., ICML 2022) by damped
   Newton on the self-concordant potential ``a^T G a / 2 - sum(log a)``.
 """
@@ -33,15 +35,21 @@ def subset_masks(n: int, device: torch.device, empty: bool = False) -> torch.Ten
 
 
 def _ridge(gram: torch.Tensor) -> torch.Tensor:
-    # Relative to the mean squared gradient norm; keeps singular faces solvable (identical rows).
-    return _RIDGE * gram.diagonal().mean().clamp_min(1e-300)
+    """``[T]`` ridge that keeps singular faces solvable (identical rows), relative to each task's
+    own squared gradient norm: the same as solving in the unit gradients' coordinates
+    (``D^-1 G D^-1``, ``D = diag(||g_i||)``) with a constant ridge, so the answer does not
+    depend on the tasks' relative scales. A ridge relative to the mean squared norm would swamp
+    a small task's diagonal (norms 1e-2 vs 1e2: UPGrad's weight on it off by 1e-2).
+    A zero gradient gets the mean's (its row is zero: any ridge keeps its faces solvable)."""
+    d = gram.diagonal()
+    return _RIDGE * torch.where(d > 0, d, d.mean()).clamp_min(1e-300)
 
 
 def _masked_solve(gram: torch.Tensor, masks: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """Solve ``G_SS x_S = rhs_S`` for each support ``S`` (rows of ``masks``); ``x = rhs`` off S."""
     eye = torch.diag_embed(1.0 - masks)
     a = gram * (masks[..., :, None] * masks[..., None, :]) + eye
-    a = a + torch.diag_embed(masks) * _ridge(gram)
+    a = a + torch.diag_embed(masks * _ridge(gram))
     # solve_ex without error checks: checking would sync with the device; a singular system
     # yields non-finite candidates, which the callers discard.
     return torch.linalg.solve_ex(a, rhs.unsqueeze(-1), check_errors=False)[0].squeeze(-1)
@@ -149,6 +157,21 @@ def min_quad_lower(gram: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
     obj = torch.where(ok & obj.isfinite(), obj, torch.full_like(obj, float("inf")))
     best = obj.argmin(-1)
     return w[torch.arange(lower.shape[0], device=gram.device), best]
+
+
+def project_simplex(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of ``v [n]`` onto the probability simplex (sort-based; Held, Wolfe &
+    Crowder 1974, Duchi et al. ICML 2008). Runs on ``v``'s device without a host sync."""
+    n = v.shape[0]
+    u = v.sort(descending=True).values
+    k = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
+    excess = u.cumsum(0) - 1.0
+    # u_k > (sum_{i<=k} u_i - 1) / k holds on a prefix of k; theta comes from its last index,
+    # the argmax of k masked by the condition (gathered: indexing with a 0-dim tensor would read
+    # it on the host)
+    last = ((u * k > excess) * k).argmax().view(1)
+    theta = excess.gather(0, last) / k.gather(0, last)
+    return (v - theta).clamp_min(0.0)
 
 
 def nash_newton(

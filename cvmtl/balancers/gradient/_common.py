@@ -1,4 +1,5 @@
-"""Helpers shared by the gradient balancers: hyper-parameter parsing and seeded randomness."""
+"""Helpers shared by the gradient balancers: hyper-parameter parsing, seeded randomness and
+simplex-valued state indexed by the tasks present in a step."""
 
 from __future__ import annotations
 
@@ -42,6 +43,27 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 def active_index(active: list[int], device: torch.device) -> torch.Tensor:
     """``active`` (indices into the balancer's tasks) as an index tensor on ``device`` (no sync)."""
     return to_device(torch.tensor(active, dtype=torch.int64), device)
+
+
+def simplex_part(full: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The present tasks' entries of a simplex-valued state ``full [T]``, rescaled onto their own
+    simplex (uniform when they are all zero), and their total ``mass``."""
+    part = full[idx]
+    mass = part.sum()
+    uniform = torch.full_like(part, 1.0 / part.shape[0])
+    return torch.where(mass > 1e-12, part / mass.clamp_min(1e-12), uniform), mass
+
+
+def simplex_merge(
+    full: torch.Tensor, idx: torch.Tensor, new: torch.Tensor, mass: torch.Tensor
+) -> torch.Tensor:
+    """``full`` with the present tasks' entries replaced by ``new`` (on their simplex) times their
+    old ``mass``: absent tasks keep their entries and, relative to them, the present tasks keep
+    their share. With every task present this is plain replacement (``mass`` is 1). When the
+    present tasks had no mass (all at the boundary, frequent with SDMGrad's large inner steps),
+    ``new`` is stored as it is rather than scaled to zero; ``full`` then no longer sums to 1, which
+    :func:`simplex_part` undoes on every read."""
+    return full.index_copy(0, idx, new * torch.where(mass > 1e-12, mass, torch.ones_like(mass)))
 
 
 def step_seed(seed: int, step: int) -> int:

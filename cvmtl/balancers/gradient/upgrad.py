@@ -6,7 +6,8 @@ gradients and the projections are averaged. The projection of ``J^T u`` is ``J^T
 ``w = argmin_{v >= u} v^T G v`` (paper Prop. 1), so with ``u_i = e_i / T`` the weights are
 ``sum_i w_i``: Gram-based, solved exactly by active-set enumeration (``solvers.min_quad_lower``).
 The Gram matrix is used as is (the torchjd reference adds a 1e-4 ridge and normalizes; both only
-serve its quadprog solver).
+serve its quadprog solver): the weights equal TorchJD's UPGrad with that ridge off, badly scaled
+gradients included (``tests/test_peer_torchjd.py``).
 """
 
 from __future__ import annotations
