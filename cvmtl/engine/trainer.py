@@ -15,7 +15,6 @@ exits with 128 + signum: 130 / 143), or raises :class:`TrainingAborted` (a Runti
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from cvmtl.config import Config
 from cvmtl.engine.buffers import BufferGuard
 from cvmtl.engine.build import broadcast_module, build_run
 from cvmtl.engine.checkpoint import load_checkpoint, preserved_rng
+from cvmtl.engine.epoch import StepParts, epoch_steps
 from cvmtl.engine.logging import LossWindow, flat_metrics, prediction_panels, task_summary
 from cvmtl.engine.optim import base_lr
 from cvmtl.engine.run import Run
@@ -112,39 +112,29 @@ def _validation_due(run: Run, finished_epoch: bool) -> bool:
 
 
 def train_one_epoch(run: Run) -> bool:
-    """Train from the saved position to the end of the epoch, ``total_steps`` or a stop signal.
+    """Train from the saved position to the end of the epoch, ``total_steps`` or a stop signal
+    (the steps themselves: :func:`cvmtl.engine.epoch.epoch_steps`, shared with fine-tuning).
 
     Returns True when the epoch's last step was taken.
     """
-    from cvmtl.data.loader import set_epoch
-
     cfg, state, logger = run.cfg, run.state, run.logger
     accumulate, log_every = cfg.train.accumulate, max(1, cfg.train.log_every)
     per_epoch = run.steps_per_epoch * accumulate  # micro-batches this epoch will use
-    loader = run.loaders["train"]
-    set_epoch({"train": loader}, state.epoch, state.batch)
-    with preserved_rng():  # a loader without its own generator seeds workers from the global RNG
-        batches = iter(loader)
+    parts = StepParts(
+        run.step_fn, run.train_model, run.optimizer, run.scaler, run.scheduler,
+        BufferGuard(run.model),
+    )  # fmt: skip
     run.train_model.train()
     window = LossWindow()
-    buffers = BufferGuard(run.model)
-    while state.batch < per_epoch:
-        micro = _next_micro_batches(run, batches, accumulate, per_epoch)
-        if micro is None:
-            return False  # stopped by a signal while the loader was interrupted
+    steps = epoch_steps(
+        parts, run.loaders["train"], state.epoch,
+        steps=run.steps_per_epoch, accumulate=accumulate, start=state.batch, stop=run.stop,
+    )  # fmt: skip
+    for micro, out in steps:
         state.batch += accumulate
-        buffers.snapshot()
-        out = run.step_fn(run.train_model, micro, run.optimizer, run.scaler)
         window.count(sum(b["image"].shape[0] for b in micro) * run.world, warmup=not run.warm)
         run.warm = True
-        if out.skipped and out.skip is not SkipReason.FP16_OVERFLOW:
-            buffers.restore()  # a NaN batch must not leave its BatchNorm statistics behind
         state.step += 1
-        with warnings.catch_warnings():
-            # a skipped step (e.g. an fp16 overflow) still advances the schedule; torch warns
-            # that the optimizer did not step first, which is intended here
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
-            run.scheduler.step()
         logger.advance()
         if out.skipped:
             _skipped_step(run, out)
@@ -162,24 +152,6 @@ def train_one_epoch(run: Run) -> bool:
         if stop_agreed(run.stop, run.device) or state.step >= run.total_steps:
             break
     return state.batch >= per_epoch
-
-
-def _next_micro_batches(run: Run, batches, accumulate: int, per_epoch: int) -> list | None:
-    """The next optimizer step's ``accumulate`` batches (None: a signal interrupted the loader)."""
-    micro = []
-    for _ in range(accumulate):
-        try:
-            micro.append(next(batches))
-        except StopIteration:
-            raise RuntimeError(
-                f"the train loader ended after {run.state.batch + len(micro)} of {per_epoch} "
-                "batches"
-            ) from None
-        except Exception:
-            if run.stop.requested:  # Ctrl-C also reaches the workers; stop at this boundary
-                return None
-            raise
-    return micro
 
 
 class TrainingAborted(RuntimeError):

@@ -53,9 +53,14 @@ def set_modes(model: nn.Module, trainable: list[nn.Module]) -> None:
 
 
 def train_task(model: nn.Module, cfg: Config, task: str, loader: Any, device: torch.device) -> int:
-    """Fine-tune ``model`` in place on ``task`` for ``cfg.finetune.epochs``; return the steps."""
+    """Fine-tune ``model`` in place on ``task`` for ``cfg.finetune.epochs``; return the steps
+    applied (skipped ones not counted). The epochs run through the engine's loop
+    (:func:`cvmtl.engine.epoch.epoch_steps`, as in fit): ``train.accumulate`` micro-batches a
+    step, a partial accumulation at an epoch end dropped, the schedule stepped every step."""
     from cvmtl.balancers import build_balancer
-    from cvmtl.data.loader import batches_per_epoch, set_epoch
+    from cvmtl.data.loader import batches_per_epoch
+    from cvmtl.engine.buffers import BufferGuard
+    from cvmtl.engine.epoch import StepParts, epoch_steps
     from cvmtl.engine.optim import build_optimizer, build_scheduler
     from cvmtl.engine.step import TrainStep
     from cvmtl.precision import make_scaler, resolve_precision
@@ -70,26 +75,17 @@ def train_task(model: nn.Module, cfg: Config, task: str, loader: Any, device: to
     optimizer = build_optimizer(model, tcfg.train)
     accumulate = tcfg.train.accumulate
     per_epoch = batches_per_epoch(loader) // accumulate
-    total = max(1, ft.epochs * per_epoch)
-    scheduler = build_scheduler(optimizer, tcfg.train, total)
+    scheduler = build_scheduler(optimizer, tcfg.train, max(1, ft.epochs * per_epoch))
     scaler = make_scaler(tcfg.train.amp, device)
     train_step = TrainStep(balancer, tcfg, model)
-    steps = 0
+    parts = StepParts(train_step, model, optimizer, scaler, scheduler, BufferGuard(model))
+    applied = 0
     for epoch in range(ft.epochs):
-        set_epoch({"train": loader}, epoch)
         set_modes(model, trainable)
-        micro: list = []
-        for i, batch in enumerate(loader):
-            if i >= per_epoch * accumulate:
-                break  # a partial accumulation at the epoch end is dropped, as in fit()
-            micro.append(batch)
-            if len(micro) == accumulate:
-                out = train_step(model, micro, optimizer, scaler)
-                micro = []
-                steps += 0 if out.skipped else 1
-                scheduler.step()
+        for _, out in epoch_steps(parts, loader, epoch, steps=per_epoch, accumulate=accumulate):
+            applied += 0 if out.skipped else 1
     model.eval()
-    return steps
+    return applied
 
 
 def _tasks_to_finetune(cfg: Config, tasks: list[str] | None) -> list[str]:
