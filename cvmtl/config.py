@@ -80,7 +80,8 @@ class ModelConfig:
     # own way; all = also one fused map for every head; none = one FPN per task
     neck_sharing: str = "pyramid"
     # fpn: each level fusion first masks every pyramid level with MTAN's attention (per task
-    # under neck_sharing: pyramid)
+    # under neck_sharing: pyramid). Off by default: it lifts the single-task models as much as
+    # the multi-task one, so delta_m drops (docs/results.md)
     level_attention: bool = False
     soft_weight: float = 1.0e-4
     neck_channels: int = 128
