@@ -24,6 +24,14 @@ METHODS = {
     "aligned_mtl": ("aligned", "AlignedMTL"),
     "db_mtl": ("dbmtl", "DBMTL"),
     "upgrad": ("upgrad", "UPGrad"),
+    "dualproj": ("dualproj", "DualProj"),
+    "config": ("conflict_free", "ConFIG"),
+    "fairgrad": ("fairgrad", "FairGrad"),
+    "excessmtl": ("excessmtl", "ExcessMTL"),
+    "rgw": ("rgw", "RGW"),
+    "moco": ("moco", "MoCo"),
+    "modo": ("modo", "MoDo"),
+    "sdmgrad": ("sdmgrad", "SDMGrad"),
 }
 TASKS = ["seg", "depth", "normal"]
 
@@ -278,9 +286,11 @@ def test_weights_from_gram_agrees_with_combine(name):
 
 
 STATEFUL = ["pcgrad", "gradvac", "graddrop", "gradnorm", "nash_mtl", "db_mtl"]
+# their absent-task state is checked with their peers (tests/test_peer_libmtl*.py)
+STATEFUL_TOO = ["fairgrad", "excessmtl", "rgw", "moco", "modo", "sdmgrad"]
 
 
-@pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.parametrize("name", STATEFUL + STATEFUL_TOO)
 def test_state_round_trip(name):
     b1, b2 = make(name), make(name)
     for step in range(2):

@@ -1,8 +1,9 @@
-"""Helpers shared by the gradient balancers: hyper-parameter parsing, seeded randomness and
-simplex-valued state indexed by the tasks present in a step."""
+"""Helpers shared by the gradient balancers: hyper-parameter parsing, seeded randomness,
+simplex-valued state indexed by the tasks present in a step, and the count of failed solves."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,3 +82,62 @@ def random_orders(n: int, seed: int, step: int, device: torch.device) -> torch.T
     keys = torch.rand(n, n, generator=gen)
     keys.fill_diagonal_(2.0)  # task i itself sorts last and is dropped
     return to_device(keys.argsort(dim=1)[:, : n - 1], device)
+
+
+class SolveFailures:
+    """Counts an iterative solver's failed solves on the device (no host sync in the step) and
+    warns once per new failure when the weights or the state are next read (nash_mtl, fairgrad).
+
+    ``fallback`` says in the warning which iterate a failed step used.
+    """
+
+    def __init__(self, method: str, tol: float, fallback: str) -> None:
+        self.method, self.tol, self.fallback = method, tol, fallback
+        self.count = torch.zeros((), dtype=torch.int64)  # device counter, read lazily
+        self.last_residual = torch.zeros((), dtype=torch.float64)
+        self._reported = 0
+
+    def record(self, bad: torch.Tensor, residual: torch.Tensor) -> None:
+        """Add this solve's failure flag (a device bool) and keep its residual."""
+        self.count = self.count.to(bad.device) + bad.to(torch.int64)
+        self.last_residual = residual
+
+    def check(self) -> int:
+        """Warn (RuntimeWarning) if solves failed since the last check; returns the total."""
+        total = int(self.count)
+        if total > self._reported:
+            warnings.warn(
+                f"{self.method}: {total - self._reported} solve(s) did not converge (last "
+                f"residual {float(self.last_residual):.2e} > tol {self.tol:g}); {total} in "
+                f"total. Their {self.fallback} was used.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._reported = total
+        return total
+
+    def state(self) -> torch.Tensor:
+        self.check()
+        return self.count.detach().cpu().clone()
+
+    def load(self, count: torch.Tensor) -> None:
+        self.count = count.clone()
+        self._reported = int(self.count)
+
+
+def task_rows(
+    state: torch.Tensor | None, grads: torch.Tensor, n_tasks: int, method: str, what: str
+) -> tuple[torch.Tensor, bool]:
+    """The ``[n_tasks, D]`` state of a raw-vector method (db_mtl, moco, excessmtl) for ``grads``
+    ``[t, D]``, on their device and dtype; zeros and ``True`` (restarted) when there was none or
+    D changed, which is warned: in features mode D values are different samples each step."""
+    if state is not None and state.shape[1] == grads.shape[1]:
+        return state.to(grads.device, grads.dtype), False
+    if state is not None:
+        warnings.warn(
+            f"{method}: gradient size changed {state.shape[1]} -> {grads.shape[1]}; {what} "
+            "restart(s) (use grad_source=params for meaningful state)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return grads.new_zeros(n_tasks, grads.shape[1]), True

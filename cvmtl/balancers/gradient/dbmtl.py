@@ -16,13 +16,12 @@ current raw gradients (exact when ``beta=0``).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 
 from ..base import GradientBalancer
-from ._common import active_index, check_range, parse_hparams, to_device
+from ._common import active_index, check_range, parse_hparams, task_rows, to_device
 
 
 class DBMTL(GradientBalancer):
@@ -54,17 +53,9 @@ class DBMTL(GradientBalancer):
         idx = active_index(active, dev)
         inv = 1.0 / (losses + 1e-8)
         logg = grads * inv[:, None]  # gradient of log L_t
-        if self.buffer is None or self.buffer.shape[1] != grads.shape[1]:
-            if self.buffer is not None:
-                warnings.warn(
-                    f"db_mtl: gradient size changed {self.buffer.shape[1]} -> {grads.shape[1]}; "
-                    "the EMA restarts (use grad_source=params for a meaningful EMA)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            self.buffer = grads.new_zeros(len(self.tasks), grads.shape[1])
+        self.buffer, fresh = task_rows(self.buffer, grads, len(self.tasks), "db_mtl", "the EMA")
+        if fresh:
             self.counts = torch.zeros(len(self.tasks), dtype=torch.int64)
-        self.buffer = self.buffer.to(dev)
         self.counts[active] += 1
         k = self.counts[active].to(torch.float32)
         beta_k = torch.where(k > 1, self.beta / k**self.beta_sigma, torch.zeros_like(k))

@@ -18,13 +18,12 @@ tasks' weights move, renormalised to keep their sum (with every task present: th
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 
 from ..base import GradientBalancer
-from ._common import active_index, check_range, parse_hparams, to_device
+from ._common import active_index, check_range, parse_hparams, task_rows, to_device
 
 
 class ExcessMTL(GradientBalancer):
@@ -48,17 +47,11 @@ class ExcessMTL(GradientBalancer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dev = grads.device
         idx = active_index(active, dev)
-        if self.grad_sq_sum is None or self.grad_sq_sum.shape[1] != grads.shape[1]:
-            if self.grad_sq_sum is not None:
-                warnings.warn(
-                    f"excessmtl: gradient size changed {self.grad_sq_sum.shape[1]} -> "
-                    f"{grads.shape[1]}; the accumulator restarts (use grad_source=params)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            self.grad_sq_sum = grads.new_zeros(len(self.tasks), grads.shape[1])
+        self.grad_sq_sum, fresh = task_rows(
+            self.grad_sq_sum, grads, len(self.tasks), "excessmtl", "the accumulator"
+        )
+        if fresh:
             self.seen = torch.zeros(len(self.tasks), dtype=torch.bool)
-        self.grad_sq_sum = self.grad_sq_sum.to(dev, grads.dtype)
         self.scale, self.loss_weight = self.scale.to(dev), self.loss_weight.to(dev)
         acc = self.grad_sq_sum[idx] + grads**2
         self.grad_sq_sum.index_copy_(0, idx, acc)

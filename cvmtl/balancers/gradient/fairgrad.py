@@ -23,13 +23,12 @@ next read (lazily: the hot loop never syncs); the last iterate is used.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
 
 from ..base import GradientBalancer
-from ._common import check_range, parse_hparams
+from ._common import SolveFailures, check_range, parse_hparams
 
 _BACKTRACK = 41  # candidate step sizes 1, 1/2, ..., 2^-40 (and staying put), evaluated at once
 _MAX_LOG_STEP = 10.0  # at most a factor e^10 per weight and iteration
@@ -95,32 +94,19 @@ class FairGrad(GradientBalancer):
             raise ValueError("fairgrad: alpha must be > 0, got 0")
         self.optim_niter = int(check_range("fairgrad", "optim_niter", hp["optim_niter"], 1))
         self.tol = check_range("fairgrad", "tol", hp["tol"], 0.0)
-        self.failures = torch.zeros((), dtype=torch.int64)  # device counter, read lazily
-        self.last_residual = torch.zeros((), dtype=torch.float64)
-        self._reported = 0
+        self.failures = SolveFailures("fairgrad", self.tol, "last Newton iterate")
 
     def _weights_from_gram(
         self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
     ) -> torch.Tensor:
         w, res = fairgrad_newton(gram, self.alpha, self.optim_niter)
         bad = ~torch.isfinite(w).all() | ~(res <= self.tol)
-        self.failures = self.failures.to(gram.device) + bad.to(torch.int64)
-        self.last_residual = res
+        self.failures.record(bad, res)
         return w
 
     def check(self) -> int:
         """Warn (RuntimeWarning) if solves failed since the last check; returns the total."""
-        total = int(self.failures)
-        if total > self._reported:
-            warnings.warn(
-                f"fairgrad: {total - self._reported} solve(s) did not converge (last residual "
-                f"{float(self.last_residual):.2e} > tol {self.tol:g}); {total} in total. "
-                "Their last Newton iterate was used.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self._reported = total
-        return total
+        return self.failures.check()
 
     @property
     def weights(self) -> dict[str, float]:
@@ -128,9 +114,7 @@ class FairGrad(GradientBalancer):
         return GradientBalancer.weights.fget(self)
 
     def state_dict(self) -> dict:
-        self.check()
-        return {"failures": self.failures.detach().cpu().clone()}
+        return {"failures": self.failures.state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.failures = state["failures"].clone()
-        self._reported = int(self.failures)
+        self.failures.load(state["failures"])

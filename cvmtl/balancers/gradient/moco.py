@@ -26,7 +26,6 @@ of this step's raw gradients in the update (the rest of ``Y^T lambda`` is the tr
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -38,6 +37,7 @@ from ._common import (
     parse_hparams,
     simplex_merge,
     simplex_part,
+    task_rows,
     to_device,
 )
 
@@ -69,17 +69,9 @@ class MoCo(GradientBalancer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dev = grads.device
         idx = active_index(active, dev)
-        if self.y is None or self.y.shape[1] != grads.shape[1]:
-            if self.y is not None:
-                warnings.warn(
-                    f"moco: gradient size changed {self.y.shape[1]} -> {grads.shape[1]}; the "
-                    "trackers restart (use grad_source=params for meaningful trackers)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            self.y = grads.new_zeros(len(self.tasks), grads.shape[1])
+        self.y, fresh = task_rows(self.y, grads, len(self.tasks), "moco", "the trackers")
+        if fresh:
             self.counts = torch.zeros(len(self.tasks), dtype=torch.int64)
-        self.y = self.y.to(dev, grads.dtype)
         self.counts[active] += 1
         self.step += 1
         # counts live on the CPU: the step sizes are computed there and copied without a sync

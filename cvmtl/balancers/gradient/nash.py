@@ -19,14 +19,13 @@ is used; a non-finite one is replaced by the warm start, never by equal weights.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 
 from ..base import GradientBalancer
 from ..solvers import nash_newton
-from ._common import active_index, check_range, parse_hparams
+from ._common import SolveFailures, active_index, check_range, parse_hparams
 
 
 class NashMTL(GradientBalancer):
@@ -47,16 +46,13 @@ class NashMTL(GradientBalancer):
         self.tol = check_range("nash_mtl", "tol", hp["tol"], 0.0)
         self.step = 0
         self.alpha = torch.ones(len(self.tasks), dtype=torch.float64)  # last solution, all tasks
-        self.failures = torch.zeros((), dtype=torch.int64)  # device counter, read lazily
-        self.last_residual = torch.zeros((), dtype=torch.float64)
-        self._reported = 0
+        self.failures = SolveFailures("nash_mtl", self.tol, "best Newton iterate")
 
     def _weights_from_gram(
         self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
     ) -> torch.Tensor:
         idx = active_index(active, gram.device)
         self.alpha = self.alpha.to(gram.device)
-        self.failures = self.failures.to(gram.device)
         warm = self.alpha[idx]
         if self.step % self.update_weights_every == 0:
             g = gram / torch.linalg.matrix_norm(gram).clamp_min(1e-300)
@@ -68,8 +64,7 @@ class NashMTL(GradientBalancer):
             finite = torch.isfinite(alpha).all() & (alpha > 0).all()
             alpha = torch.where(finite, alpha, warm)
             bad = ~finite | ~(res <= self.tol)
-            self.failures = self.failures + bad.to(torch.int64)
-            self.last_residual = res
+            self.failures.record(bad, res)
             self.alpha = self.alpha.index_copy(0, idx, alpha)
         else:
             alpha = warm
@@ -81,17 +76,7 @@ class NashMTL(GradientBalancer):
 
     def check(self) -> int:
         """Warn (RuntimeWarning) if solves failed since the last check; returns the total."""
-        total = int(self.failures)
-        if total > self._reported:
-            warnings.warn(
-                f"nash_mtl: {total - self._reported} Nash solve(s) did not converge "
-                f"(last residual {float(self.last_residual):.2e} > tol {self.tol:g}); "
-                f"{total} in total. Their best Newton iterate was used.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self._reported = total
-        return total
+        return self.failures.check()
 
     @property
     def weights(self) -> dict[str, float]:
@@ -99,15 +84,13 @@ class NashMTL(GradientBalancer):
         return GradientBalancer.weights.fget(self)
 
     def state_dict(self) -> dict:
-        self.check()
         return {
             "step": torch.tensor(self.step),
             "alpha": self.alpha.detach().cpu().clone(),
-            "failures": self.failures.detach().cpu().clone(),
+            "failures": self.failures.state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         self.alpha = state["alpha"].to(torch.float64).clone()
-        self.failures = state["failures"].clone()
-        self._reported = int(self.failures)
+        self.failures.load(state["failures"])
