@@ -80,27 +80,6 @@ def test_config_update_makes_equal_angles_and_hurts_no_task():
 EXACT = [c for c in DUALPROJ_CASES if c["update_exact"] is not None]
 
 
-@pytest.mark.parametrize("case", EXACT, ids=_ids(EXACT))
-def test_dualproj_equals_torchjd_exact_projection(case):
-    """Against the peer with its ridge off (``QuadprogProjector(norm_eps=0, reg_eps=0)``)."""
-    j = _t(case["J"])
-    w = _weights64("dualproj", j @ j.T)
-    torch.testing.assert_close(w, _t(case["weights_exact"]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(w @ j, _t(case["update_exact"]), atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("case", DUALPROJ_CASES, ids=_ids(DUALPROJ_CASES))
-def test_dualproj_solves_torchjd_default_problem(case):
-    """The peer's default run solves the same QP on ``G / tr(G) + 1e-4 I``: given that matrix
-    our solver returns the peer's weights (singular cases included)."""
-    j = _t(case["J"])
-    gram = j @ j.T
-    reg = gram / gram.diagonal().sum() + 1e-4 * torch.eye(len(gram), dtype=F64)
-    w = _weights64("dualproj", reg)
-    torch.testing.assert_close(w, _t(case["weights_default"]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(w @ j, _t(case["update_default"]), atol=1e-5, rtol=0)
-
-
 @pytest.mark.parametrize("case", DUALPROJ_CASES, ids=_ids(DUALPROJ_CASES))
 def test_dualproj_kkt_certificate(case):
     """``x = J^T w`` is the projection of the mean onto ``{x : J x >= 0}`` iff, with
@@ -129,27 +108,37 @@ def test_dualproj_public_api_float32():
 UPGRAD_EXACT = [c for c in UPGRAD_CASES if c["update_exact"] is not None]
 
 
-@pytest.mark.parametrize("case", UPGRAD_EXACT, ids=_ids(UPGRAD_EXACT))
-def test_upgrad_equals_torchjd_exact_projection(case):
-    """Against the peer with its ridge off, the badly scaled cases (norms 1e-2 .. 1e2) included."""
-    j = _t(case["J"])
-    w = _weights64("upgrad", j @ j.T)
-    torch.testing.assert_close(w, _t(case["weights_exact"]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(w @ j, _t(case["update_exact"]), atol=1e-5, rtol=0)
-
-
 def test_upgrad_fixtures_cover_the_badly_scaled_cases():
     assert {"scales_T3", "scales_T5"} <= {c["name"] for c in UPGRAD_EXACT}
 
 
-@pytest.mark.parametrize("case", UPGRAD_CASES, ids=_ids(UPGRAD_CASES))
-def test_upgrad_solves_torchjd_default_problem(case):
+# -- the dual-cone projections: DualProj and UPGrad --------------------------------------------
+PROJECTIONS = [("dualproj", c) for c in DUALPROJ_CASES] + [("upgrad", c) for c in UPGRAD_CASES]
+PROJECTIONS_EXACT = [(m, c) for m, c in PROJECTIONS if c["update_exact"] is not None]
+
+
+def _pair_ids(pairs: list[tuple[str, dict]]) -> list[str]:
+    return [f"{m}-{c['name']}" for m, c in pairs]
+
+
+@pytest.mark.parametrize(("method", "case"), PROJECTIONS_EXACT, ids=_pair_ids(PROJECTIONS_EXACT))
+def test_projection_equals_torchjd_exact(method, case):
+    """Against the peer with its ridge off (``QuadprogProjector(norm_eps=0, reg_eps=0)``), the
+    badly scaled cases (norms 1e-2 .. 1e2) included."""
+    j = _t(case["J"])
+    w = _weights64(method, j @ j.T)
+    torch.testing.assert_close(w, _t(case["weights_exact"]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(w @ j, _t(case["update_exact"]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("method", "case"), PROJECTIONS, ids=_pair_ids(PROJECTIONS))
+def test_projection_solves_torchjd_default_problem(method, case):
     """The peer's default run solves the same QPs on ``G / tr(G) + 1e-4 I``: given that matrix
     our solver returns the peer's weights (singular cases included)."""
     j = _t(case["J"])
     gram = j @ j.T
     reg = gram / gram.diagonal().sum() + 1e-4 * torch.eye(len(gram), dtype=F64)
-    w = _weights64("upgrad", reg)
+    w = _weights64(method, reg)
     torch.testing.assert_close(w, _t(case["weights_default"]), atol=1e-5, rtol=0)
     torch.testing.assert_close(w @ j, _t(case["update_default"]), atol=1e-5, rtol=0)
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..base import GradientBalancer
+
 
 def parse_hparams(method: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
     """``defaults`` updated with ``given``; an unknown name is a ValueError that names it."""
@@ -123,6 +125,22 @@ class SolveFailures:
     def load(self, count: torch.Tensor) -> None:
         self.count = count.clone()
         self._reported = int(self.count)
+
+
+class ReportsFailures(GradientBalancer):
+    """A gradient balancer with a :class:`SolveFailures` in ``self.failures``: reading its
+    weights (the logger's interval) reports new failures."""
+
+    failures: SolveFailures
+
+    def check(self) -> int:
+        """Warn (RuntimeWarning) if solves failed since the last check; returns the total."""
+        return self.failures.check()
+
+    @property
+    def weights(self) -> dict[str, float]:
+        self.check()
+        return GradientBalancer.weights.fget(self)
 
 
 def task_rows(

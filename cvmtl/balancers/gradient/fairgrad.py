@@ -27,8 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..base import GradientBalancer
-from ._common import SolveFailures, check_range, parse_hparams
+from ._common import ReportsFailures, SolveFailures, check_range, parse_hparams
 
 _BACKTRACK = 41  # candidate step sizes 1, 1/2, ..., 2^-40 (and staying put), evaluated at once
 _MAX_LOG_STEP = 10.0  # at most a factor e^10 per weight and iteration
@@ -83,7 +82,7 @@ def fairgrad_newton(
     return w, residual
 
 
-class FairGrad(GradientBalancer):
+class FairGrad(ReportsFailures):
     """FairGrad (hparams: alpha=1.0, optim_niter=30, tol=1e-4)."""
 
     def __init__(self, tasks: Sequence[str], **hparams) -> None:
@@ -103,15 +102,6 @@ class FairGrad(GradientBalancer):
         bad = ~torch.isfinite(w).all() | ~(res <= self.tol)
         self.failures.record(bad, res)
         return w
-
-    def check(self) -> int:
-        """Warn (RuntimeWarning) if solves failed since the last check; returns the total."""
-        return self.failures.check()
-
-    @property
-    def weights(self) -> dict[str, float]:
-        self.check()
-        return GradientBalancer.weights.fget(self)
 
     def state_dict(self) -> dict:
         return {"failures": self.failures.state()}

@@ -23,12 +23,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..base import GradientBalancer
 from ..solvers import nash_newton
-from ._common import SolveFailures, active_index, check_range, parse_hparams
+from ._common import ReportsFailures, SolveFailures, active_index, check_range, parse_hparams
 
 
-class NashMTL(GradientBalancer):
+class NashMTL(ReportsFailures):
     """Nash-MTL (hparams: update_weights_every, optim_niter, max_norm, tol)."""
 
     def __init__(self, tasks: Sequence[str], **hparams) -> None:
@@ -73,15 +72,6 @@ class NashMTL(GradientBalancer):
             norm = (alpha @ gram @ alpha).clamp_min(0).sqrt()
             alpha = alpha * (self.max_norm / norm.clamp_min(1e-300)).clamp_max(1.0)
         return alpha
-
-    def check(self) -> int:
-        """Warn (RuntimeWarning) if solves failed since the last check; returns the total."""
-        return self.failures.check()
-
-    @property
-    def weights(self) -> dict[str, float]:
-        self.check()
-        return GradientBalancer.weights.fget(self)
 
     def state_dict(self) -> dict:
         return {
