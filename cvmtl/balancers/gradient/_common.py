@@ -4,7 +4,7 @@ simplex-valued state indexed by the tasks present in a step, and the count of fa
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -67,6 +67,18 @@ def simplex_merge(
     ``new`` is stored as it is rather than scaled to zero; ``full`` then no longer sums to 1, which
     :func:`simplex_part` undoes on every read."""
     return full.index_copy(0, idx, new * torch.where(mass > 1e-12, mass, torch.ones_like(mass)))
+
+
+def simplex_step(
+    state: torch.Tensor, idx: torch.Tensor, update: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of a simplex-valued state (modo, sdmgrad, moco): ``update`` maps the present
+    tasks' part (:func:`simplex_part`, on their simplex) to its new value, which is stored back
+    (:func:`simplex_merge`); returns ``(state, new)`` in float64 on ``idx``'s device."""
+    state = state.to(idx.device, torch.float64)
+    part, mass = simplex_part(state, idx)
+    new = update(part)
+    return simplex_merge(state, idx, new, mass), new
 
 
 def step_seed(seed: int, step: int) -> int:

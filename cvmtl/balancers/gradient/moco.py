@@ -35,8 +35,7 @@ from ._common import (
     active_index,
     check_range,
     parse_hparams,
-    simplex_merge,
-    simplex_part,
+    simplex_step,
     task_rows,
     to_device,
 )
@@ -86,11 +85,11 @@ class MoCo(GradientBalancer):
         y = old - beta_k[:, None] * (old - h)
         self.y.index_copy_(0, idx, y)
 
-        lambd, mass = simplex_part(self.lambd.to(dev, torch.float64), idx)
         yy = (y @ y.T).double()
         yy.diagonal().add_(self.rho)
-        new = torch.softmax(lambd - gamma_k * (yy @ lambd), dim=0)
-        self.lambd = simplex_merge(self.lambd.to(dev, torch.float64), idx, new, mass)
+        self.lambd, new = simplex_step(
+            self.lambd, idx, lambda lambd: torch.softmax(lambd - gamma_k * (yy @ lambd), dim=0)
+        )
 
         w = new.to(grads.dtype)
         return w @ y, w * beta_k * scale

@@ -21,7 +21,7 @@ three independent samples as well as with one sample used three times (our setti
 
 Only the Gram matrix is used: ``uses_gram=True``, exact under DDP in both gradient modes. Tasks
 absent from a step keep their entries of ``lambda``; a step reads its tasks' entries rescaled onto
-their simplex (``_common.simplex_part`` / ``_common.simplex_merge``).
+their simplex (``_common.simplex_step``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 
 from ..base import GradientBalancer
 from ..solvers import project_simplex
-from ._common import active_index, check_range, parse_hparams, simplex_merge, simplex_part
+from ._common import active_index, check_range, parse_hparams, simplex_step
 
 
 def modo_weights(
@@ -58,10 +58,9 @@ class MoDo(GradientBalancer):
         self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
     ) -> torch.Tensor:
         idx = active_index(active, gram.device)
-        self.lambd = self.lambd.to(gram.device, torch.float64)
-        lambd, mass = simplex_part(self.lambd, idx)
-        new = modo_weights(gram, lambd, self.gamma, self.rho)
-        self.lambd = simplex_merge(self.lambd, idx, new, mass)
+        self.lambd, new = simplex_step(
+            self.lambd, idx, lambda lambd: modo_weights(gram, lambd, self.gamma, self.rho)
+        )
         return new
 
     def state_dict(self) -> dict:

@@ -31,7 +31,7 @@ import torch
 
 from ..base import GradientBalancer
 from ..solvers import project_simplex
-from ._common import active_index, check_range, parse_hparams, simplex_merge, simplex_part
+from ._common import active_index, check_range, parse_hparams, simplex_step
 
 # The inner solver's step size and momentum: fixed in the authors' code and in LibMTL.
 INNER_LR = 5.0
@@ -74,10 +74,9 @@ class SDMGrad(GradientBalancer):
         self, gram: torch.Tensor, losses: torch.Tensor, active: list[int]
     ) -> torch.Tensor:
         idx = active_index(active, gram.device)
-        self.w = self.w.to(gram.device, torch.float64)
-        w, mass = simplex_part(self.w, idx)
-        w = sdmgrad_simplex_weights(gram, w, self.lamda, self.niter)
-        self.w = simplex_merge(self.w, idx, w, mass)
+        self.w, w = simplex_step(
+            self.w, idx, lambda w: sdmgrad_simplex_weights(gram, w, self.lamda, self.niter)
+        )
         return (w + self.lamda / len(active)) / (1.0 + self.lamda)
 
     def state_dict(self) -> dict:
