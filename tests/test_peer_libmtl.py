@@ -16,8 +16,9 @@ import torch
 
 from cvmtl.balancers import build_balancer
 from cvmtl.balancers.gradient.excessmtl import ExcessMTL
-from cvmtl.balancers.gradient.fairgrad import FairGrad, fairgrad_newton
+from cvmtl.balancers.gradient.fairgrad import FairGrad
 from cvmtl.balancers.gradient.rgw import RGW
+from cvmtl.balancers.solvers import fairgrad_newton
 from cvmtl.balancers.stch import STCH
 
 PEERS = Path(__file__).parent / "fixtures" / "peers"
