@@ -77,7 +77,8 @@ class ModelConfig:
     arch: str = "fpn"  # fpn | deeplab | mtan | cross_stitch | padnet | mtinet
     sharing: str = "hard"
     # fpn: what the tasks share of the neck. pyramid = the FPN levels, each task fuses them its
-    # own way; all = also one fused map for every head; none = one FPN per task
+    # own way; all = also one fused map for every head; none = one FPN per task; convs = the
+    # FPN's convs shared, each task normalizing them its own way (its norms, then its fusion)
     neck_sharing: str = "pyramid"
     # fpn: each level fusion first masks every pyramid level with MTAN's attention (per task
     # under neck_sharing: pyramid). Off by default: it lifts the single-task models as much as
@@ -186,7 +187,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.cache": ("none", "host", "device"),
     "model.arch": ("fpn", "deeplab", "mtan", "cross_stitch", "padnet", "mtinet"),
     "model.sharing": ("hard", "soft"),
-    "model.neck_sharing": ("pyramid", "all", "none"),
+    "model.neck_sharing": ("pyramid", "all", "none", "convs"),
     "model.norm": ("bn", "gn", "syncbn"),
     "loss.grad_source": ("features", "params"),
     "loss.depth": ("l1", "silog", "berhu", "log_l1"),

@@ -8,9 +8,9 @@ import torch
 from cvmtl.config import load_config
 from cvmtl.engine.restore import config_from_checkpoint
 from cvmtl.models import build_model
-from cvmtl.models.neck import FPN, LevelFusion, Levels
+from cvmtl.models.neck import FPN, LevelFusion, Levels, SharedConvs, TaskNormFPN
 
-SHARINGS = ["pyramid", "all", "none"]
+SHARINGS = ["pyramid", "all", "none", "convs"]
 
 
 def make_cfg(*overrides: str):
@@ -40,6 +40,63 @@ def test_all_and_none_shares() -> None:
     assert all(isinstance(none.heads[t].fusion, FPN) for t in none.tasks)
     # nothing of a neck left to share: the shared parameters are the backbone's
     assert {id(p) for p in none.shared_parameters()} == {id(p) for p in none.backbone.parameters()}
+
+
+def test_convs_share_the_fpn_convs_and_give_each_task_its_norms() -> None:
+    model = build_model(make_cfg("model.neck_sharing=convs"))
+    assert isinstance(model.neck, SharedConvs)
+    fpns = [model.heads[t].fusion for t in model.tasks]
+    assert all(isinstance(f, TaskNormFPN) and f._convs[0] is model.neck for f in fpns)
+    convs = {id(p) for p in model.neck.parameters()}
+    shared = {id(p) for p in model.shared_parameters()}
+    assert convs and convs <= shared
+    owned = [{id(p) for p in model.task_parameters(t)} for t in model.tasks]
+    for own in owned:  # the norms and the fusion are the task's alone; the convs are not
+        assert own.isdisjoint(convs) and own.isdisjoint(shared)
+    assert not set.intersection(*owned)
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_a_tasks_view_is_an_fpn_with_the_shared_convs_and_its_own_norms(attention: bool) -> None:
+    """Against an independent reference: a plain :class:`FPN` given the shared conv weights and
+    one task's norms (and fusion) computes that task's map exactly."""
+    torch.manual_seed(1)
+    cfg = make_cfg("model.neck_sharing=convs", f"model.level_attention={attention}")
+    model = build_model(cfg)
+    with torch.no_grad():  # give each task's norms different, non-trivial values
+        for p in model.heads.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    feats = model.backbone(torch.randn(2, 3, 64, 96))
+    neck = model.neck
+    chans = [c.in_channels for c in neck.lateral]
+    for task in model.tasks:
+        view = model.heads[task].fusion
+        ref = FPN(chans, neck.strides, cfg.model.neck_channels, "bn", True, attention).eval()
+        for seq, conv, norm in zip(ref.lateral, neck.lateral, view.lateral_norms):
+            seq[0].load_state_dict(conv.state_dict())
+            seq[1].load_state_dict(norm.state_dict())
+        for seq, conv, norm in zip(ref.smooth, neck.smooth, view.smooth_norms):
+            seq[0].load_state_dict(conv.state_dict())
+            seq[1].load_state_dict(norm.state_dict())
+        ref.fuse.load_state_dict(view.fuse.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(view(feats), ref(feats), rtol=0, atol=0)
+
+
+def test_convs_in_a_copy_of_the_model_are_the_copys() -> None:
+    """The heads hold the shared convs by reference: a deep copy (EMA) must point to its own."""
+    import copy
+
+    model = build_model(make_cfg("model.neck_sharing=convs"))
+    twin = copy.deepcopy(model)
+    assert all(twin.heads[t].fusion._convs[0] is twin.neck for t in twin.tasks)
+    with torch.no_grad():
+        twin.neck.smooth[0].weight.add_(1.0)
+    image = torch.randn(1, 3, 64, 96)
+    model.eval(), twin.eval()
+    with torch.no_grad():
+        assert not torch.equal(model(image)["seg"], twin(image)["seg"])
 
 
 @pytest.mark.parametrize("attention", [False, True])

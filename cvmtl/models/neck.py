@@ -4,7 +4,9 @@ Lateral 1x1 convs + top-down sum + 3x3 smoothing over every backbone level give 
 :class:`LevelFusion` brings each level to stride 4 by conv-norm-relu(-2x upsample) stages and
 sums them. The default network gives every task its own fusion of the shared pyramid
 (``model.neck_sharing: pyramid``); ``all`` fuses once for all heads, ``none`` gives every task
-its own FPN (:class:`Levels` passes the backbone levels through).
+its own FPN (:class:`Levels` passes the backbone levels through), ``convs`` shares the FPN's
+convolutions but gives every task its own norms after them (:class:`SharedConvs`,
+:class:`TaskNormFPN`).
 """
 
 from __future__ import annotations
@@ -178,6 +180,48 @@ class Levels(nn.Module):
     def shapes(self, h: int, w: int) -> list[tuple[int, int, int]]:
         """(C, H, W) of each backbone level for a padded (``h``, ``w``) input."""
         return [(c, h // s, w // s) for c, s in zip(self.level_channels, self.strides)]
+
+
+class SharedConvs(Levels):
+    """The FPN's convolutions without their norms, shared by every task
+    (``model.neck_sharing: convs``): the backbone levels pass through, and each task's
+    :class:`TaskNormFPN` runs these convs with norms of its own.
+
+    Created in the FPN's order (laterals, then smoothing convs), so they are seeded as its are.
+    """
+
+    def __init__(self, in_channels: list[int], strides: list[int], channels: int) -> None:
+        super().__init__(in_channels, strides)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1, bias=False) for c in in_channels)
+        self.smooth = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False) for _ in strides
+        )
+
+
+class TaskNormFPN(nn.Module):
+    """One task's view of a :class:`SharedConvs` pyramid: the shared convs, its own norms after
+    each of them, then its own :class:`LevelFusion` (task-specific normalization, as in Bilen
+    & Vedaldi's universal representations, applied to the neck).
+
+    Every parameter here is the task's own; the convs are the neck's, held by reference and not
+    registered, so ``heads[task]`` keeps only what one task uses (the neck owns, moves, saves
+    and shares the convs; a deep copy of the whole model keeps the reference within the copy).
+    """
+
+    def __init__(self, convs: SharedConvs, channels: int, norm: str, attention: bool) -> None:
+        super().__init__()
+        self._convs = (convs,)  # a tuple: not a submodule (see the class docstring)
+        self.lateral_norms = nn.ModuleList(norm_layer(norm, channels) for _ in convs.strides)
+        self.smooth_norms = nn.ModuleList(norm_layer(norm, channels) for _ in convs.strides)
+        self.fuse = LevelFusion(convs.strides, channels, norm, attention)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Backbone levels -> this task's pyramid (as :meth:`FPN.levels`) -> its fused map."""
+        convs = self._convs[0]
+        lat = [n(c(f)) for c, n, f in zip(convs.lateral, self.lateral_norms, feats)]
+        for i in range(len(lat) - 2, -1, -1):
+            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        return self.fuse([n(c(x)) for c, n, x in zip(convs.smooth, self.smooth_norms, lat)])
 
 
 def flatten_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:

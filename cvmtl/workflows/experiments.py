@@ -42,9 +42,10 @@ VARIANTS: dict[str, list[str]] = {
     "fpn_wide": ["loss.balancer=fixed", "model.neck_channels=128", "model.head_channels=64"],
     # fpn's neck sharing (model.neck_sharing; the default, "fixed", shares the pyramid levels):
     # all = one fused stride-4 map for every head (fpn before the per-task fusion), none = one
-    # FPN per task on the shared backbone
+    # FPN per task on the shared backbone, convs = the FPN's convs shared, norms per task
     "fpn_shared": ["loss.balancer=fixed", "model.neck_sharing=all"],
     "fpn_task_necks": ["loss.balancer=fixed", "model.neck_sharing=none"],
+    "fpn_task_norms": ["loss.balancer=fixed", "model.neck_sharing=convs"],
 }
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from cvmtl.models.arch.common import make_backbone
 from cvmtl.models.heads import build_head
 from cvmtl.models.multitask import MultiTaskModel, SoftSharingModel
-from cvmtl.models.neck import FPN, LevelFusion, Levels
+from cvmtl.models.neck import FPN, LevelFusion, Levels, SharedConvs, TaskNormFPN
 
 
 def build_branch(
@@ -27,10 +27,16 @@ def build_branch(
     ``model.neck_sharing``) says what of the FPN the heads share (see :class:`MultiTaskModel`)."""
     m = cfg.model
     sharing = neck_sharing or m.neck_sharing
+    if sharing == "convs" and len(tasks) == 1:
+        # one task's own norms are the pyramid's: build that very network (same modules,
+        # order and names), so the single-task baseline is the one of every other value
+        sharing = "pyramid"
     backbone = make_backbone(cfg, backbone_kwargs)
     chans, strides, width = backbone.channels, backbone.strides, m.neck_channels
     if sharing == "none":
         neck: FPN | Levels = Levels(chans, strides)
+    elif sharing == "convs":
+        neck = SharedConvs(chans, strides, width)
     else:
         neck = FPN(chans, strides, width, m.norm, sharing == "all", m.level_attention)
     heads = {}
@@ -40,6 +46,9 @@ def build_branch(
             own = LevelFusion(strides, width, m.norm, m.level_attention)
         elif sharing == "none":
             own = FPN(chans, strides, width, m.norm, attention=m.level_attention)
+        elif sharing == "convs":
+            assert isinstance(neck, SharedConvs)
+            own = TaskNormFPN(neck, width, m.norm, m.level_attention)
         heads[t] = build_head(t, width, cfg.data.num_classes, m.head_channels, m.norm, m, own)
     return MultiTaskModel(backbone, neck, heads, cfg.data.num_classes)
 
