@@ -84,6 +84,9 @@ class ModelConfig:
     # under neck_sharing: pyramid). Off by default: it lifts the single-task models as much as
     # the multi-task one, so delta_m drops (docs/results.md)
     level_attention: bool = False
+    # fpn: each task's fused stride-4 map also gets a learned 1x1 mix of the other tasks' maps
+    # (PAD-Net's distillation, zero at the start; none in a one-task model)
+    task_exchange: bool = False
     soft_weight: float = 1.0e-4
     neck_channels: int = 128
     head_channels: int = 64

@@ -52,8 +52,14 @@ class DenseHead(nn.Module):
         """Stride-4 features (pyramid levels with a ``fusion``) -> prediction at ``size``:
         upsample 4x (to the padded input size), crop bottom/right by slicing (trace-friendly: no
         size is turned into a Python int)."""
-        if self.fusion is not None:
-            x = self.fusion(x)
+        return self.decode(self.fuse(x), size)
+
+    def fuse(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """The head's stride-4 input: its own fusion of pyramid levels, else ``x`` itself."""
+        return x if self.fusion is None else self.fusion(x)
+
+    def decode(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Stride-4 map -> prediction at ``size`` (everything after :meth:`fuse`)."""
         x = self.block(x)
         if self.fp32_pred and torch.is_autocast_enabled(x.device.type):
             # no autocast context without autocast: export and tracing see the plain graph

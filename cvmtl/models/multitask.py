@@ -15,6 +15,7 @@ from torch import nn
 
 from cvmtl.models.backbone import TimmBackbone
 from cvmtl.models.base import ArchModel
+from cvmtl.models.exchange import TaskExchange
 from cvmtl.models.neck import FPN, Levels, flatten_maps, unflatten_maps
 
 
@@ -65,9 +66,12 @@ class MultiTaskModel(ArchModel):
         neck: FPN | Levels,
         heads: dict[str, nn.Module],
         num_classes: int,
+        exchange: TaskExchange | None = None,
     ):
         super().__init__(heads, num_classes, backbone.size_divisor, backbone=backbone, neck=neck)
         self.feature_stride: int = neck.out_stride
+        # registered after the heads: with it, the model's other modules are seeded as without
+        self.exchange = exchange
 
     def forward_features(self, image: torch.Tensor) -> torch.Tensor:
         """The shared representation of the padded image: [B, sum_l C Hp/s_l Wp/s_l] (pyramid
@@ -89,16 +93,21 @@ class MultiTaskModel(ArchModel):
     ) -> dict[str, torch.Tensor]:
         # ``size`` may hold traced sizes (``image.shape[-2:]``): it is only sliced with, never
         # turned into Python ints, so exported graphs crop to their input's size.
-        return {task: head(shared, size) for task, head in self.heads.items()}
+        if self.exchange is None:
+            return {task: head(shared, size) for task, head in self.heads.items()}
+        maps = self.exchange({task: head.fuse(shared) for task, head in self.heads.items()})
+        return {task: head.decode(maps[task], size) for task, head in self.heads.items()}
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         shared = self.neck(self.backbone(pad_to_multiple(image, self.size_divisor)))
         return self._heads(shared, image.shape[-2:])
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
-        """Backbone and neck parameters (what every task's gradient flows through)."""
+        """Backbone, neck (and task exchange) parameters: what is not one task's own."""
         yield from self.backbone.parameters()
         yield from self.neck.parameters()
+        if self.exchange is not None:
+            yield from self.exchange.parameters()
 
 
 _NO_SHARED = (

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from cvmtl.models.arch.common import make_backbone
+from cvmtl.models.exchange import TaskExchange
 from cvmtl.models.heads import build_head
 from cvmtl.models.multitask import MultiTaskModel, SoftSharingModel
 from cvmtl.models.neck import FPN, LevelFusion, Levels, SharedConvs, TaskNormFPN
@@ -50,7 +51,8 @@ def build_branch(
             assert isinstance(neck, SharedConvs)
             own = TaskNormFPN(neck, width, m.norm, m.level_attention)
         heads[t] = build_head(t, width, cfg.data.num_classes, m.head_channels, m.norm, m, own)
-    return MultiTaskModel(backbone, neck, heads, cfg.data.num_classes)
+    exchange = TaskExchange(tasks, width) if m.task_exchange and len(tasks) > 1 else None
+    return MultiTaskModel(backbone, neck, heads, cfg.data.num_classes, exchange)
 
 
 def build_fpn(
