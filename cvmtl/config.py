@@ -76,16 +76,11 @@ class ModelConfig:
     init_from: str | None = None
     arch: str = "fpn"  # fpn | deeplab | mtan | cross_stitch | padnet | mtinet
     sharing: str = "hard"
-    # fpn: what the tasks share of the neck. pyramid = the FPN levels, each task fuses them its
-    # own way; all = also one fused map for every head; none = one FPN per task; convs = the
-    # FPN's convs shared, each task normalizing them its own way (its norms, then its fusion)
+    # fpn (README's options table): what the tasks share of the FPN (pyramid | all | none |
+    # convs); MTAN's attention on each level before a task's merge (off: it lifts the
+    # single-task models as much, docs/results.md); a learned mix of the other tasks' maps
     neck_sharing: str = "pyramid"
-    # fpn: each level fusion first masks every pyramid level with MTAN's attention (per task
-    # under neck_sharing: pyramid). Off by default: it lifts the single-task models as much as
-    # the multi-task one, so delta_m drops (docs/results.md)
     level_attention: bool = False
-    # fpn: each task's fused stride-4 map also gets a learned 1x1 mix of the other tasks' maps
-    # (PAD-Net's distillation, zero at the start; none in a one-task model)
     task_exchange: bool = False
     soft_weight: float = 1.0e-4
     neck_channels: int = 128
