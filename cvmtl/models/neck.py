@@ -147,10 +147,7 @@ class FPN(nn.Module):
 
     def levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """Backbone levels -> pyramid levels (lateral 1x1, top-down sum, 3x3 smoothing)."""
-        lat = [conv(f) for conv, f in zip(self.lateral, feats)]
-        # top-down: coarse semantics added into finer levels
-        for i in range(len(lat) - 2, -1, -1):
-            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        lat = top_down([conv(f) for conv, f in zip(self.lateral, feats)])
         return [conv(x) for conv, x in zip(self.smooth, lat)]
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
@@ -218,10 +215,16 @@ class TaskNormFPN(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Backbone levels -> this task's pyramid (as :meth:`FPN.levels`) -> its fused map."""
         convs = self._convs[0]
-        lat = [n(c(f)) for c, n, f in zip(convs.lateral, self.lateral_norms, feats)]
-        for i in range(len(lat) - 2, -1, -1):
-            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        lat = top_down([n(c(f)) for c, n, f in zip(convs.lateral, self.lateral_norms, feats)])
         return self.fuse([n(c(x)) for c, n, x in zip(convs.smooth, self.smooth_norms, lat)])
+
+
+def top_down(lat: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The FPN's top-down pathway: each level (finest first) plus its coarser neighbour's sum,
+    nearest-upsampled: coarse semantics added into finer levels."""
+    for i in range(len(lat) - 2, -1, -1):
+        lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+    return lat
 
 
 def flatten_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:

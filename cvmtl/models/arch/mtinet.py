@@ -33,7 +33,13 @@ from cvmtl.models.arch.common import (
 )
 from cvmtl.models.arch.padnet import Distillation, initial_block
 from cvmtl.models.multitask import pad_to_multiple
-from cvmtl.models.neck import OUT_STRIDE, conv_norm_act, flatten_maps, unflatten_maps
+from cvmtl.models.neck import (
+    OUT_STRIDE,
+    conv_norm_act,
+    flatten_maps,
+    top_down,
+    unflatten_maps,
+)
 
 
 class PyramidLevels(nn.Module):
@@ -49,9 +55,7 @@ class PyramidLevels(nn.Module):
         )
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        lat = [conv(f) for conv, f in zip(self.lateral, feats)]
-        for i in range(len(lat) - 2, -1, -1):
-            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        lat = top_down([conv(f) for conv, f in zip(self.lateral, feats)])
         return [conv(x) for conv, x in zip(self.smooth, lat)]
 
 
