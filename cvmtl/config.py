@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from cvmtl import config_parse
 from cvmtl.config_parse import ConfigError, _merge, bool_or_word, override_values, parse_override
 from cvmtl.tasks import TASKS, import_task_modules
 from cvmtl.tasks.registry import DEFAULT_TASKS
@@ -101,6 +102,7 @@ class LossConfig:
     seg_class_weights: list[float] | None = None
     edge_pos_weight: float = 0.95  # weight of the (rare) edge pixels in the edge BCE
     aux_weight: float = 1.0  # deep supervision of padnet / mtinet initial predictions
+    consistency: dict[str, float] = field(default_factory=dict)  # cross-task terms' weights
 
 
 @dataclass
@@ -218,6 +220,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"tasks: unknown task {task!r} (available: {', '.join(TASKS)})")
     if len(set(cfg.tasks)) != len(cfg.tasks):
         raise ConfigError(f"tasks: duplicate task in {cfg.tasks}")
+    config_parse.check_consistency(cfg.loss.consistency, cfg.loss.depth)
     checks = [
         ("data.crop", len(cfg.data.crop) == 2 and min(cfg.data.crop) > 0, "[height, width] > 0"),
         ("data.mean", len(cfg.data.mean) == 3, "3 values"),

@@ -162,3 +162,19 @@ def override_values(cfg: Any, keys: list[str], value: Any) -> dict[str, Any]:
     for key in reversed(keys):
         value = {key: value}
     return value
+
+
+CONSISTENCY_TERMS = ("depth_normal",)  # cvmtl.losses.consistency
+
+
+def check_consistency(terms: dict[str, float], depth_loss: str) -> None:
+    """``loss.consistency``: known term names, weights >= 0, and no ``depth_normal`` with a
+    depth loss that has no per-pixel terms (SILog)."""
+    for name, weight in terms.items():
+        if name not in CONSISTENCY_TERMS:
+            known = "|".join(CONSISTENCY_TERMS)
+            raise ConfigError(f"loss.consistency: unknown term {name!r} (expected {known})")
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"loss.consistency.{name}: expected a weight >= 0, got {weight!r}")
+    if terms.get("depth_normal") and depth_loss == "silog":
+        raise ConfigError("loss.consistency.depth_normal: needs a per-pixel loss.depth, not silog")

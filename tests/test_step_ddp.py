@@ -22,6 +22,7 @@ RUNS = [
     ("fixed", "features"),
     ("uw", "features"),
     ("gls", "features"),
+    ("fixed+depth_normal", "features"),  # the consistency term's sign is a global sum
 ]
 
 
@@ -30,16 +31,27 @@ def _batches() -> list[dict]:
     # partial labels: rank 1 has no depth label in step 0 (global mean over rank 0's pixels)
     batches[0]["has"]["depth"] = torch.tensor([True, False, False, False])
     batches[1]["has"]["seg"] = torch.tensor([False, True, True, False])
+    for i, b in enumerate(batches):  # tilted planes per sample: the depth-normal term's pixels
+        g = torch.Generator().manual_seed(i)
+        tilt = torch.nn.functional.normalize(torch.randn(4, 3, 1, 1, generator=g), dim=1)
+        b["normal"] = tilt.expand_as(b["normal"]).clone()
+        b["normal"][:, :, :, :3] = 0  # unlabeled pixels
+        # Inverse depth along +-(n_x, n_y): rank 0's half disagrees weakly with its normals, rank
+        # 1's agrees strongly, so only the global sum gives the single-process axis sign.
+        v, u = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+        slope = torch.tensor([-0.2, -0.2, 1.0, 1.0]).view(4, 1, 1, 1) * 0.01
+        b["depth"] = 1 / (0.3 + slope * (tilt[:, :1] * u + tilt[:, 1:2] * v) + 0.2)
     return batches
 
 
 def _train(name: str, source: str, batches: list[dict]) -> torch.Tensor:
     torch.manual_seed(0)
     model = TinyMTL(TASKS)
+    name, _, term = name.partition("+")
     balancer = build_balancer(name, TASKS)
     params = list(model.parameters()) + list(balancer.parameters())
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    cfg = tiny_cfg(grad_source=source)
+    cfg = tiny_cfg(grad_source=source, consistency={"depth_normal": 1.0} if term else {})
     cfg.train.grad_clip = 1.0
     for batch in batches:
         out = train_step(model, batch, balancer, opt, None, cfg)

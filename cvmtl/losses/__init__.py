@@ -31,6 +31,7 @@ import torch
 
 from cvmtl.distributed import all_reduce_sum
 from cvmtl.loss_terms import SILOG_LAMBDA, labeled_mask, safe_log
+from cvmtl.losses.consistency import depth_normal_terms
 from cvmtl.tasks import get_task
 
 
@@ -101,25 +102,25 @@ def compute_losses(
             present = dict.fromkeys(tasks, True)
             counts = torch.stack([denominators[e[0]].to(totals) for e in entries])
         out: dict[str, torch.Tensor] = {}
-        for i, (task, weight, _) in enumerate(entries):
+        for i, (task, weight, _, _) in enumerate(entries):
             if present[task]:
                 loss = _global_loss(local[i], silog[i], totals[i], counts[i])
                 out[task] = loss if task not in out else out[task] + weight * loss
         return out
 
 
-def _entries(preds: dict, tasks: list[str], cfg) -> list[tuple[str, float, torch.Tensor]]:
-    """``(task, weight, prediction)``: each task's prediction (weight 1) first, then its
-    auxiliary ones (weight ``loss.aux_weight``; kept at weight 0 so that every head still takes
+def _entries(preds: dict, tasks: list[str], cfg) -> list[tuple[str, float, torch.Tensor, bool]]:
+    """``(task, weight, prediction, main)``: each task's prediction (weight 1, main) first, then
+    its auxiliary ones (weight ``loss.aux_weight``; kept at weight 0 so that every head still takes
     part in the backward pass, as DDP requires)."""
     aux = preds.get(AUX) or {}
     weight = float(getattr(cfg.loss, "aux_weight", 1.0))
     entries = []
     for task in tasks:
-        entries.append((task, 1.0, preds[task]))
+        entries.append((task, 1.0, preds[task], True))
         extra = aux.get(task, [])
         for pred in extra if isinstance(extra, (list, tuple)) else [extra]:
-            entries.append((task, weight, pred))
+            entries.append((task, weight, pred, False))
     return entries
 
 
@@ -139,7 +140,7 @@ def _local_sums(entries: list, batch: dict, cfg) -> tuple[list, list, list[torch
     local: list[torch.Tensor | None] = []
     silog: list[tuple[torch.Tensor, torch.Tensor] | None] = []
     stats: list[torch.Tensor] = []  # per entry: [sum, count, sum_g] (sum_g only used by silog)
-    for task, _, pred in entries:
+    for task, _, pred, main in entries:
         target = batch[task].to(pred.device)
         labeled = labeled_mask(batch, task, pred.shape[0], pred.device)
         spec = get_task(task)
@@ -153,10 +154,24 @@ def _local_sums(entries: list, batch: dict, cfg) -> tuple[list, list, list[torch
             stats.append(torch.stack([sq.detach(), valid.float().sum(), s.detach()]))
             continue
         terms, denom = spec.loss(pred, target, labeled, cfg)
+        if main:
+            terms = terms + _consistency(task, pred, batch, labeled, cfg)
         local.append(terms.sum())
         silog.append(None)
         stats.append(torch.stack([local[-1].detach(), denom.sum(), denom.new_zeros(())]))
     return local, silog, stats
+
+
+def _consistency(task: str, pred: torch.Tensor, batch: dict, labeled: torch.Tensor, cfg):
+    """``loss.consistency``'s terms on ``task``'s prediction, weighted, as a per-pixel addition to
+    its loss (the denominator stays the task's pixel count, so they are exact under DDP and
+    accumulation like the rest); zero when no term applies. See :mod:`cvmtl.losses.consistency`."""
+    weight = (getattr(cfg.loss, "consistency", None) or {}).get("depth_normal", 0.0)
+    if task != "depth" or not weight or "normal" not in batch:
+        return pred.new_zeros(())
+    normal = batch["normal"].to(pred.device)
+    both = labeled & labeled_mask(batch, "normal", pred.shape[0], pred.device)
+    return weight * depth_normal_terms(pred, normal, batch["depth"].to(pred.device), both)
 
 
 def _global_loss(
