@@ -164,7 +164,7 @@ def override_values(cfg: Any, keys: list[str], value: Any) -> dict[str, Any]:
     return value
 
 
-CONSISTENCY_TERMS = ("depth_normal",)  # cvmtl.losses.consistency
+CONSISTENCY_TERMS = ("depth_normal",)  # the task specs' extras["consistency"] (cvmtl.tasks)
 
 
 def check_consistency(terms: dict[str, float], depth_loss: str) -> None:

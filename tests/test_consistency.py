@@ -7,8 +7,8 @@ import torch
 from tinymtl import make_batch, tiny_cfg
 
 from cvmtl.config import ConfigError, load_config
+from cvmtl.loss_terms import depth_normal_terms, surface_mask
 from cvmtl.losses import compute_losses
-from cvmtl.losses.consistency import depth_normal_terms, surface_mask
 
 H, W = 24, 32
 

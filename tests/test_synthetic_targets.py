@@ -169,8 +169,12 @@ def test_five_task_config_is_the_demo_plus_edge_and_saliency():
     assert five["tasks"] == demo["tasks"] + ["edge", "saliency"]
     for section in ("data", "model", "train"):  # same data, model and budget as the demo
         assert five[section] == demo[section], section
+    # Fixed weights (the demo's balancer, FairGrad, was measured on its 3 tasks only): the demo's
+    # earlier {depth 0.5, normal 3} and MTL-PyTorch's edge / saliency weights.
+    assert five["loss"]["balancer"] == "fixed"
     weights = five["loss"]["balancer_args"]["weights"]
-    assert weights == {**demo["loss"]["balancer_args"]["weights"], "edge": 50.0, "saliency": 5.0}
+    assert weights == {"depth": 0.5, "normal": 3.0, "edge": 50.0, "saliency": 5.0}
+    assert five["loss"]["grad_source"] == demo["loss"]["grad_source"]
     # The tolerance allows the 1 px (1.41 px diagonal) side offset at 96x128, not 2 px.
     diagonal = math.hypot(*demo["data"]["crop"])
     assert math.sqrt(2) < five["eval"]["edge_max_dist"] * diagonal < 2

@@ -31,7 +31,6 @@ import torch
 
 from cvmtl.distributed import all_reduce_sum
 from cvmtl.loss_terms import SILOG_LAMBDA, labeled_mask, safe_log
-from cvmtl.losses.consistency import depth_normal_terms
 from cvmtl.tasks import get_task
 
 
@@ -155,23 +154,25 @@ def _local_sums(entries: list, batch: dict, cfg) -> tuple[list, list, list[torch
             continue
         terms, denom = spec.loss(pred, target, labeled, cfg)
         if main:
-            terms = terms + _consistency(task, pred, batch, labeled, cfg)
+            terms = terms + _consistency(spec, pred, target, batch, labeled, cfg)
         local.append(terms.sum())
         silog.append(None)
         stats.append(torch.stack([local[-1].detach(), denom.sum(), denom.new_zeros(())]))
     return local, silog, stats
 
 
-def _consistency(task: str, pred: torch.Tensor, batch: dict, labeled: torch.Tensor, cfg):
-    """``loss.consistency``'s terms on ``task``'s prediction, weighted, as a per-pixel addition to
-    its loss (the denominator stays the task's pixel count, so they are exact under DDP and
-    accumulation like the rest); zero when no term applies. See :mod:`cvmtl.losses.consistency`."""
-    weight = (getattr(cfg.loss, "consistency", None) or {}).get("depth_normal", 0.0)
-    if task != "depth" or not weight or "normal" not in batch:
-        return pred.new_zeros(())
-    normal = batch["normal"].to(pred.device)
-    both = labeled & labeled_mask(batch, "normal", pred.shape[0], pred.device)
-    return weight * depth_normal_terms(pred, normal, batch["depth"].to(pred.device), both)
+def _consistency(spec, pred: torch.Tensor, target, batch: dict, labeled, cfg) -> torch.Tensor:
+    """The weighted cross-task terms the task's spec names (``extras["consistency"]``, weights in
+    ``loss.consistency``) whose other task is in the batch: a per-pixel addition to its loss (the
+    denominator stays the task's pixel count, so they are exact under DDP and accumulation like
+    the rest); zero when none applies."""
+    weights = getattr(cfg.loss, "consistency", None) or {}
+    total = pred.new_zeros(())
+    for name, (other, terms) in spec.extras.get("consistency", {}).items():
+        if weights.get(name) and other in batch:
+            both = labeled & labeled_mask(batch, other, pred.shape[0], pred.device)
+            total = total + weights[name] * terms(pred, batch[other].to(pred.device), target, both)
+    return total
 
 
 def _global_loss(

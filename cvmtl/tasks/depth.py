@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cvmtl.loss_terms import depth_terms, depth_valid
+from cvmtl.loss_terms import depth_normal_terms, depth_terms, depth_valid
 from cvmtl.png_codec import encode_depth
 from cvmtl.scoring.depth import DepthMetric
 from cvmtl.tasks.colorize import colorize_depth
@@ -67,6 +67,10 @@ DEPTH_TASK = register(
         colorize=lambda depth, info: colorize_depth(depth),
         encode=encode_metres,
         summary=abs_error,
-        extras={"silog": lambda cfg: cfg.loss.depth == "silog"},
+        extras={
+            "silog": lambda cfg: cfg.loss.depth == "silog",
+            # loss.consistency.depth_normal: the prediction against the normal labels
+            "consistency": {"depth_normal": ("normal", depth_normal_terms)},
+        },
     )
 )

@@ -95,7 +95,9 @@ class TaskSpec:
       found by probing: identity, log or logit), ``silog(cfg) -> bool`` (the loss is the
       scale-invariant log loss: global moments, not a pixel mean), ``palette`` (colours of a task
       with its own ``classes``), ``unit`` (for panels, e.g. ``"m"``), ``floor`` (the demo's trivial
-      predictor for this task).
+      predictor for this task), ``consistency`` (``{name: (other task, terms(pred, other's
+      target, own target, labeled))}``: cross-task terms added to this task's per-pixel loss
+      with weight ``loss.consistency[name]`` when both tasks are trained).
     """
 
     name: str
