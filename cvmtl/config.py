@@ -220,7 +220,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"tasks: unknown task {task!r} (available: {', '.join(TASKS)})")
     if len(set(cfg.tasks)) != len(cfg.tasks):
         raise ConfigError(f"tasks: duplicate task in {cfg.tasks}")
-    config_parse.check_consistency(cfg.loss.consistency, cfg.loss.depth)
+    config_parse.check_consistency(cfg.loss.consistency, cfg.loss.depth, TASKS)
     checks = [
         ("data.crop", len(cfg.data.crop) == 2 and min(cfg.data.crop) > 0, "[height, width] > 0"),
         ("data.mean", len(cfg.data.mean) == 3, "3 values"),

@@ -164,16 +164,15 @@ def override_values(cfg: Any, keys: list[str], value: Any) -> dict[str, Any]:
     return value
 
 
-CONSISTENCY_TERMS = ("depth_normal",)  # the task specs' extras["consistency"] (cvmtl.tasks)
-
-
-def check_consistency(terms: dict[str, float], depth_loss: str) -> None:
-    """``loss.consistency``: known term names, weights >= 0, and no ``depth_normal`` with a
-    depth loss that has no per-pixel terms (SILog)."""
+def check_consistency(terms: dict[str, float], depth_loss: str, specs: dict[str, Any]) -> None:
+    """``loss.consistency``: term names that a task spec of ``specs`` (the task registry) names
+    in its ``extras["consistency"]``, weights >= 0, and no ``depth_normal`` with a depth loss
+    that has no per-pixel terms (SILog)."""
+    known = sorted({n for spec in specs.values() for n in spec.extras.get("consistency", {})})
     for name, weight in terms.items():
-        if name not in CONSISTENCY_TERMS:
-            known = "|".join(CONSISTENCY_TERMS)
-            raise ConfigError(f"loss.consistency: unknown term {name!r} (expected {known})")
+        if name not in known:
+            expected = "|".join(known)
+            raise ConfigError(f"loss.consistency: unknown term {name!r} (expected {expected})")
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ConfigError(f"loss.consistency.{name}: expected a weight >= 0, got {weight!r}")
     if terms.get("depth_normal") and depth_loss == "silog":

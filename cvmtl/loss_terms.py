@@ -203,10 +203,11 @@ def central_gradient(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([gu, gv], dim=1)
 
 
-def surface_mask(normal: torch.Tensor) -> torch.Tensor:
-    """``[B, H, W]`` bool: labeled, tilted pixels whose four neighbours lie on the same surface."""
+def surface_mask(normal: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]`` bool: labeled, tilted pixels whose four neighbours lie on the same surface
+    (``labeled`` ``[B]`` bool: the samples that have the labels)."""
     unit = F.normalize(normal.float(), dim=1, eps=_EPS)
-    valid = normal.abs().sum(1) > 0
+    valid = normal_valid(normal, labeled)
     inside = valid.clone()
     for dim, step in ((2, 1), (2, -1), (3, 1), (3, -1)):
         neighbour = torch.roll(unit, shifts=step, dims=dim)
@@ -239,7 +240,7 @@ def depth_normal_terms(
     """Per-pixel ``1 - cos(grad(1/z_pred), s (n_x, n_y))`` ``[B, 1, H, W]`` (the depth loss's
     shape), zero outside the surface mask and on samples without both labels (``labeled``
     ``[B]`` bool)."""
-    mask = surface_mask(normal_target) & labeled.view(-1, 1, 1)
+    mask = surface_mask(normal_target, labeled)
     sign = normal_axis_sign(depth_target, normal_target, mask)
     grad = central_gradient(1.0 / depth_pred.float().clamp_min(_EPS))
     target = sign * normal_target[:, :2].float()

@@ -73,7 +73,7 @@ def test_the_mask_keeps_tilted_surface_interiors_only():
     normals = normal_map(TILTED)
     normals[:, :, :, W // 2 :] = normal_map((0.0, 0.05, 1.0))[:, :, :, W // 2 :]  # faces the camera
     normals[:, :, 5, 3] = 0  # an unlabeled pixel
-    mask = surface_mask(normals)[0]
+    mask = surface_mask(normals, torch.ones(1, dtype=torch.bool))[0]
     assert not mask[:, W // 2 :].any()  # facing the camera: no gradient direction
     assert not mask[:, W // 2 - 1].any()  # next to the edge between the surfaces
     assert not mask[0].any() and not mask[:, 0].any()  # the border

@@ -154,25 +154,24 @@ def _local_sums(entries: list, batch: dict, cfg) -> tuple[list, list, list[torch
             continue
         terms, denom = spec.loss(pred, target, labeled, cfg)
         if main:
-            terms = terms + _consistency(spec, pred, target, batch, labeled, cfg)
+            terms = _add_consistency(terms, spec, pred, target, batch, labeled, cfg)
         local.append(terms.sum())
         silog.append(None)
         stats.append(torch.stack([local[-1].detach(), denom.sum(), denom.new_zeros(())]))
     return local, silog, stats
 
 
-def _consistency(spec, pred: torch.Tensor, target, batch: dict, labeled, cfg) -> torch.Tensor:
-    """The weighted cross-task terms the task's spec names (``extras["consistency"]``, weights in
-    ``loss.consistency``) whose other task is in the batch: a per-pixel addition to its loss (the
-    denominator stays the task's pixel count, so they are exact under DDP and accumulation like
-    the rest); zero when none applies."""
+def _add_consistency(terms, spec, pred: torch.Tensor, target, batch: dict, labeled, cfg):
+    """``terms`` plus the weighted cross-task terms the task's spec names (``extras[
+    "consistency"]``, weights in ``loss.consistency``) whose other task is in the batch: a
+    per-pixel addition to its loss (the denominator stays the task's pixel count, so they are
+    exact under DDP and accumulation like the rest); ``terms`` itself when none applies."""
     weights = getattr(cfg.loss, "consistency", None) or {}
-    total = pred.new_zeros(())
-    for name, (other, terms) in spec.extras.get("consistency", {}).items():
+    for name, (other, extra) in spec.extras.get("consistency", {}).items():
         if weights.get(name) and other in batch:
             both = labeled & labeled_mask(batch, other, pred.shape[0], pred.device)
-            total = total + weights[name] * terms(pred, batch[other].to(pred.device), target, both)
-    return total
+            terms = terms + weights[name] * extra(pred, batch[other].to(pred.device), target, both)
+    return terms
 
 
 def _global_loss(
