@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "affinity": "affinity",
     "make-synthetic": "make_synthetic",
     "prepare-nyuv2": "prepare_nyuv2",
+    "class-weights": "class_weights",
     "demo": "demo",
     "compare-balancers": "compare_balancers",
     "compare-smp": "compare_smp",

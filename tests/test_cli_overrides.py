@@ -27,6 +27,7 @@ FLAGS: dict[str, list[list[str]]] = {
     "sweep": [["--config", "synthetic_demo"], ["--space", "s.yaml"], ["--trials", "3"]],
     "make-synthetic": [["--out", "d"], ["--train", "2"], ["--no-progress"]],
     "prepare-nyuv2": [["--mat", "a"], ["--splits", "b"], ["--mapping", "c"], ["--out", "d"]],
+    "class-weights": [["--config", "synthetic_demo"], ["--power", "1"], ["--digits", "4"]],
 }
 NO_OVERRIDES = {"make-synthetic", "prepare-nyuv2"}  # they read no config
 

@@ -11,7 +11,8 @@ from enginekit import NUM_CLASSES, make_tiny_dataset, tiny_config
 
 pytest.importorskip("segmentation_models_pytorch")
 
-from cvmtl.workflows.smp_compare import SmpSeg, compare_smp  # noqa: E402
+from cvmtl.loss_terms import seg_terms  # noqa: E402
+from cvmtl.workflows.smp_compare import SmpSeg, compare_smp, seg_loss  # noqa: E402
 
 
 def test_smp_fpn_has_the_config_widths_and_predicts_at_input_size(tmp_path: Path) -> None:
@@ -37,3 +38,20 @@ def test_compare_smp_trains_scores_and_resumes(tmp_path: Path) -> None:
     # a rerun of a finished seed reads the record instead of training again
     (tmp_path / "smp" / "smp.json").write_text(json.dumps({"0": {"marker": 1}}))
     assert compare_smp(cfg, [0], tmp_path / "smp") == {"0": {"marker": 1}}
+
+
+def test_the_plain_loop_trains_with_the_seg_tasks_loss(tmp_path: Path) -> None:
+    """Class weights and label smoothing reach smp's loop: its loss is cvmtl's seg loss."""
+    weights = [0.5 + i / NUM_CLASSES for i in range(NUM_CLASSES)]
+    cfg = tiny_config(
+        tmp_path, tmp_path, tasks="[seg]", loss__seg_class_weights=str(weights),
+        loss__seg_label_smoothing=0.1,
+    )  # fmt: skip
+    logits = torch.randn(2, NUM_CLASSES, 5, 6)
+    target = torch.randint(0, NUM_CLASSES, (2, 5, 6))
+    target[0, 0] = 255  # ignored pixels
+    terms, denom = seg_terms(logits, target, torch.ones(2, dtype=torch.bool),
+                             torch.tensor(weights), 0.1)  # fmt: skip
+    assert torch.allclose(seg_loss(cfg)(logits, target), terms.sum() / denom.sum())
+    plain = tiny_config(tmp_path, tmp_path, tasks="[seg]")
+    assert not torch.allclose(seg_loss(plain)(logits, target), seg_loss(cfg)(logits, target))

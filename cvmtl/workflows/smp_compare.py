@@ -3,10 +3,11 @@
 What a segmentation user would pick instead of cvmtl's seg-only model: smp's ``FPN`` on the same
 timm backbone (``tu-<backbone>``), at the config's neck / head widths, trained in a plain loop
 on the same data pipeline (cvmtl's loaders: same crops, augmentations and batch order), with the
-same optimizer (AdamW, ``train.lr``, ``train.weight_decay``), steps, warm-up and schedule
-(cvmtl's ``lr_factor``), the best epoch picked on validation mIoU as cvmtl's baselines are, and
-scored on the test split by cvmtl's evaluator. smp is a test-only extra (``pip install -e
-.[dev]``), never needed at run time.
+same loss (cvmtl's seg cross-entropy with the config's class weights and label smoothing: the
+comparison is of the networks), the same optimizer (AdamW, ``train.lr``,
+``train.weight_decay``), steps, warm-up and schedule (cvmtl's ``lr_factor``), the best epoch
+picked on validation mIoU as cvmtl's baselines are, and scored on the test split by cvmtl's
+evaluator. smp is a test-only extra (``pip install -e .[dev]``), never needed at run time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +67,27 @@ class SmpSeg(nn.Module):
         return {self.task: self.net(pad_to_multiple(image, self.divisor))[:, :, :h, :w]}
 
 
+def seg_loss(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The plain loop's loss: cross-entropy as cvmtl's seg task computes it for ``cfg`` (its
+    class weights and label smoothing), over the pixels that are not ``IGNORE_INDEX``."""
+    from cvmtl.loss_terms import IGNORE_INDEX, class_weights
+
+    weights, smoothing = class_weights(cfg, torch.device("cpu")), cfg.loss.seg_label_smoothing
+
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits, target.long(), weights, ignore_index=IGNORE_INDEX, label_smoothing=smoothing
+        )
+
+    return loss
+
+
 def train_smp(cfg: Config, seed: int) -> dict[str, Any]:
     """Train smp's FPN on ``cfg``'s segmentation task alone with ``seed``; its val-best test
     metrics."""
     from cvmtl.data.loader import build_loaders, set_epoch
     from cvmtl.engine.evaluator import evaluate
     from cvmtl.engine.optim import build_scheduler
-    from cvmtl.loss_terms import IGNORE_INDEX
 
     cfg = copy.deepcopy(cfg)
     task = segmentation_task(cfg)
@@ -82,6 +98,7 @@ def train_smp(cfg: Config, seed: int) -> dict[str, Any]:
     t = cfg.train
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = build_scheduler(optimizer, t, t.max_steps)
+    loss_fn = seg_loss(cfg)
     step, epoch, best, best_state = 0, 0, -1.0, None
     start = time.perf_counter()
     while step < t.max_steps:
@@ -89,7 +106,7 @@ def train_smp(cfg: Config, seed: int) -> dict[str, Any]:
         model.train()
         for batch in loaders["train"]:
             logits = model(batch["image"])[task]
-            loss = F.cross_entropy(logits, batch[task].long(), ignore_index=IGNORE_INDEX)
+            loss = loss_fn(logits, batch[task])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
