@@ -177,12 +177,11 @@ class Config:
         return Path(self.out_dir) / self.name
 
 
-# Keys whose value must be one of a fixed set.
 # torch.compile modes for train.compile; reduce-overhead and max-autotune add CUDA graphs on GPUs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
-CHOICES: dict[str, tuple[str, ...]] = {
+CHOICES: dict[str, tuple[str, ...]] = {  # keys whose value must be one of a fixed set
     "data.format": ("cvmtl", "nyuv2_npy", "nyud_mt", "pascal_mt", "cityscapes_npy", "cityscapes"),
     "data.cache": ("none", "host", "device"),
     "model.arch": ("fpn", "deeplab", "mtan", "cross_stitch", "padnet", "mtinet"),
@@ -221,6 +220,7 @@ def validate(cfg: Config) -> Config:
     if len(set(cfg.tasks)) != len(cfg.tasks):
         raise ConfigError(f"tasks: duplicate task in {cfg.tasks}")
     config_parse.check_consistency(cfg.loss.consistency, cfg.loss.depth, TASKS)
+    config_parse.check_class_weights(cfg.loss.seg_class_weights, cfg.data.num_classes)
     checks = [
         ("data.crop", len(cfg.data.crop) == 2 and min(cfg.data.crop) > 0, "[height, width] > 0"),
         ("data.mean", len(cfg.data.mean) == 3, "3 values"),

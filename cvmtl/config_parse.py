@@ -177,3 +177,16 @@ def check_consistency(terms: dict[str, float], depth_loss: str, specs: dict[str,
             raise ConfigError(f"loss.consistency.{name}: expected a weight >= 0, got {weight!r}")
     if terms.get("depth_normal") and depth_loss == "silog":
         raise ConfigError("loss.consistency.depth_normal: needs a per-pixel loss.depth, not silog")
+
+
+def check_class_weights(weights: list[float] | None, num_classes: int) -> None:
+    """``loss.seg_class_weights``: null, or one weight >= 0 per class (some > 0)."""
+    if weights is None:
+        return
+    if len(weights) != num_classes:
+        raise ConfigError(
+            f"loss.seg_class_weights: {len(weights)} weights for data.num_classes {num_classes} "
+            "(compute them for this data: cvmtl class-weights --config <config>; or set null)"
+        )
+    if min(weights) < 0 or max(weights) <= 0:
+        raise ConfigError(f"loss.seg_class_weights: expected weights >= 0, some > 0, got {weights}")

@@ -103,3 +103,16 @@ def test_train_compile_rejects_an_unknown_mode_naming_key_and_modes():
         load_config(None, ["train.compile=fast"])
     with pytest.raises(ConfigError, match="train.channels_last: expected auto\\|true\\|false"):
         load_config(None, ["train.channels_last=maybe"])
+
+
+def test_class_weights_are_checked_against_the_classes_at_load_time():
+    """One weight per class, >= 0: a config moved to other data fails on loading, saying how to
+    compute weights for it, instead of at the first training step."""
+    with pytest.raises(ConfigError, match="3 weights for data.num_classes 4 .*class-weights"):
+        load_config(None, ["data.num_classes=4", "loss.seg_class_weights=[1,2,3]"])
+    with pytest.raises(ConfigError, match="loss.seg_class_weights: expected weights >= 0"):
+        load_config(None, ["data.num_classes=2", "loss.seg_class_weights=[1,-1]"])
+    with pytest.raises(ConfigError, match="loss.seg_class_weights: expected weights >= 0"):
+        load_config(None, ["data.num_classes=2", "loss.seg_class_weights=[0,0]"])
+    cfg = load_config(None, ["data.num_classes=2", "loss.seg_class_weights=[0.5,2]"])
+    assert cfg.loss.seg_class_weights == [0.5, 2.0]
