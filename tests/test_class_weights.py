@@ -71,3 +71,16 @@ def test_the_command_prints_a_line_the_config_takes(tmp_path: Path, capsys):
     cfg = load_config("synthetic_demo", [*overrides, f"{key}={value}"])
     expected = frequency_weights(_png_counts(data, "train"))
     assert cfg.loss.seg_class_weights == pytest.approx(expected, abs=5e-5)
+
+
+def test_the_demo_configs_weights_are_those_of_the_demo_data(tmp_path: Path):
+    """The shipped weights are what the command computes on the data `make demo` renders (the
+    demo's 600 training rooms at its crop size and seed): a renderer change that moves the class
+    frequencies fails here until the config's weights are recomputed."""
+    from cvmtl.workflows.demo import DemoOptions, ensure_dataset
+
+    cfg = load_config("synthetic_demo", [f"data.root={tmp_path / 'synthetic'}"])
+    train = DemoOptions().counts["train"]
+    ensure_dataset(cfg, DemoOptions(counts={"train": train}, workers=2))
+    weights = frequency_weights(training_pixel_counts(cfg))
+    assert cfg.loss.seg_class_weights == pytest.approx(weights, abs=5e-4)  # printed to 3 decimals
