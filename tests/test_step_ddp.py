@@ -23,7 +23,13 @@ RUNS = [
     ("uw", "features"),
     ("gls", "features"),
     ("fixed+depth_normal", "features"),  # the consistency term's sign is a global sum
+    ("fairgrad+class_weights", "features"),  # the demo's loss: weighted seg pixels, global sums
 ]
+TERMS = {  # a run's loss options after its "+"
+    "": {},
+    "depth_normal": {"consistency": {"depth_normal": 1.0}},
+    "class_weights": {"seg_class_weights": [0.5, 1.0, 2.0, 4.0]},
+}
 
 
 def _batches() -> list[dict]:
@@ -51,7 +57,7 @@ def _train(name: str, source: str, batches: list[dict]) -> torch.Tensor:
     balancer = build_balancer(name, TASKS)
     params = list(model.parameters()) + list(balancer.parameters())
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    cfg = tiny_cfg(grad_source=source, consistency={"depth_normal": 1.0} if term else {})
+    cfg = tiny_cfg(grad_source=source, **TERMS[term])
     cfg.train.grad_clip = 1.0
     for batch in batches:
         out = train_step(model, batch, balancer, opt, None, cfg)
