@@ -62,8 +62,12 @@ def test_training_counts_are_the_train_labels_only(tmp_path: Path):
 
 
 def test_the_command_prints_a_line_the_config_takes(tmp_path: Path, capsys):
+    """Run on the demo config moved to 4-class data: the config's 13 weights do not stop it
+    (they are what the command recomputes), and its line makes the config valid again."""
     data = make_tiny_dataset(tmp_path / "data")
-    overrides = tiny_overrides(data, tmp_path)
+    overrides = [o for o in tiny_overrides(data, tmp_path) if "seg_class_weights" not in o]
+    with pytest.raises(ValueError, match="13 weights for data.num_classes 4"):
+        load_config("synthetic_demo", overrides)
     argv = ["class-weights", "--config", "synthetic_demo", "--digits", "4", *overrides]
     assert cli.main(argv) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]

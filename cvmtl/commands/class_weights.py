@@ -33,7 +33,8 @@ def _weights(a: argparse.Namespace) -> int:
     from cvmtl.data.class_weights import frequency_weights, training_pixel_counts
     from cvmtl.data.formats import load_dataset_info
 
-    cfg = load_config(a.config, a.overrides)
+    # the config's own weights may be for other classes: they are what is being recomputed
+    cfg = load_config(a.config, [*a.overrides, "loss.seg_class_weights=null"])
     counts = training_pixel_counts(cfg)
     weights = frequency_weights(counts, a.power)
     names = load_dataset_info(cfg.data.root, cfg.data.format, cfg.data.num_classes)["classes"]
