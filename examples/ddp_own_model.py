@@ -69,4 +69,5 @@ for step in range(args.steps):
 if rank == 0:
     print(f"checksum {sum(p.double().sum().item() for p in params):.10f}")
 if distributed:
+    dist.barrier()  # no rank tears the group down while another still talks to it
     dist.destroy_process_group()
