@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cvmtl.config import Config
@@ -68,16 +67,16 @@ class SmpSeg(nn.Module):
 
 
 def seg_loss(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The plain loop's loss: cross-entropy as cvmtl's seg task computes it for ``cfg`` (its
-    class weights and label smoothing), over the pixels that are not ``IGNORE_INDEX``."""
-    from cvmtl.loss_terms import IGNORE_INDEX, class_weights
+    """The plain loop's loss: the seg task's own per-pixel terms (``loss_terms.seg_terms``, with
+    ``cfg``'s class weights and label smoothing), summed over their denominators."""
+    from cvmtl.loss_terms import class_weights, seg_terms
 
     weights, smoothing = class_weights(cfg, torch.device("cpu")), cfg.loss.seg_label_smoothing
 
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
-            logits, target.long(), weights, ignore_index=IGNORE_INDEX, label_smoothing=smoothing
-        )
+        labeled = torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
+        terms, denom = seg_terms(logits, target, labeled, weights, smoothing)
+        return terms.sum() / denom.sum()
 
     return loss
 
