@@ -206,32 +206,37 @@ _MAX_LOG_STEP = 10.0  # at most a factor e^10 per weight and iteration
 
 
 def fairgrad_newton(
-    gram: torch.Tensor, alpha: float, iters: int
+    gram: torch.Tensor, alpha: float, iters: int, priority: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve ``G w = w^(-1/alpha), w > 0``; returns ``(w, max |(G w) w^(1/alpha) - 1|)``."""
+    """Solve ``(G w)_t = (r_t / w_t)^(1/alpha), w > 0`` for task priorities ``r`` (default 1: the
+    plain system ``G w = w^(-1/alpha)``); returns ``(w, max |(G w) (w / r)^(1/alpha) - 1|)``.
+
+    ``r`` weighs each task's utility in the alpha-fair objective ``sum_t r_t u(g_t . d)``.
+    """
     p = 1.0 / alpha
+    q = gram.new_ones(gram.shape[0]) if priority is None else priority.to(gram) ** p  # h' = q w^-p
     # made on the device (a copy from the host would wait for the device stream)
     steps = torch.exp2(-torch.arange(_BACKTRACK, dtype=gram.dtype, device=gram.device))[:, None]
 
-    def h(w: torch.Tensor) -> torch.Tensor:  # the concave part: h' = w^-p
-        return torch.log(w) if p == 1.0 else w ** (1.0 - p) / (1.0 - p)
+    def h(w: torch.Tensor) -> torch.Tensor:  # the concave part: h' = q w^-p
+        return q * (torch.log(w) if p == 1.0 else w ** (1.0 - p) / (1.0 - p))
 
     def phi(w: torch.Tensor) -> torch.Tensor:  # [..., T] -> [...]; +inf outside w > 0
         val = 0.5 * torch.einsum("...i,ij,...j->...", w, gram, w) - h(w).sum(-1)
         inf = torch.full_like(val, math.inf)
         return torch.where((w > 0).all(-1) & val.isfinite(), val, inf)
 
-    # Start from the solution for orthogonal gradients, ``w_t = G_tt^(-1/(1+p))`` (scale-free and
-    # right for mixed gradient norms), moved to the minimiser of phi along its ray:
-    # phi(s u) is least at s^(1+p) = sum_t u_t^(1-p) / u^T G u (bounded: u^T G u may be ~0).
+    # Start from the solution for orthogonal gradients, ``w_t = (q_t / G_tt)^(1/(1+p))`` (scale-free
+    # and right for mixed gradient norms), moved to the minimiser of phi along its ray:
+    # phi(s u) is least at s^(1+p) = sum_t q_t u_t^(1-p) / u^T G u (bounded: u^T G u may be ~0).
     tiny = torch.finfo(gram.dtype).tiny
     diag = gram.diagonal()
-    u = diag.clamp_min(1e-12 * diag.max() + tiny) ** (-1.0 / (1.0 + p))
-    ratio = (u ** (1.0 - p)).sum() / (u @ gram @ u).clamp_min(tiny)
+    u = (q / diag.clamp_min(1e-12 * diag.max() + tiny)) ** (1.0 / (1.0 + p))
+    ratio = (q * u ** (1.0 - p)).sum() / (u @ gram @ u).clamp_min(tiny)
     w = u * (ratio ** (1.0 / (1.0 + p))).clamp(1e-3, 1e3)
     for _ in range(iters):
-        grad = gram @ w - w ** (-p)
-        hess = gram + torch.diag(p * w ** (-p - 1.0))
+        grad = gram @ w - q * w ** (-p)
+        hess = gram + torch.diag(p * q * w ** (-p - 1.0))
         d = -torch.linalg.solve_ex(hess, grad.unsqueeze(-1), check_errors=False)[0].squeeze(-1)
         # The Newton step taken in log w, ``w exp(t d / w)``: the same first-order step, but it
         # never leaves w > 0 and shrinks a weight by orders of magnitude per iteration where
@@ -250,5 +255,5 @@ def fairgrad_newton(
         ok, cand = torch.cat([ok, ok.new_ones(1)]), torch.cat([cand, w[None]])
         first = ok.to(gram.dtype).argmax()  # the largest qualifying step (no host sync)
         w = cand.index_select(0, first.reshape(1))[0]
-    residual = ((gram @ w) * w**p - 1.0).abs().max()
+    residual = ((gram @ w) * w**p / q - 1.0).abs().max()
     return w, residual
