@@ -1,4 +1,5 @@
-# All set-up happens here: `make demo` and `make test` create ./.venv and install cvmtl into it.
+# All set-up happens here: `make demo` and `make test` create ./.venv and install cvmtl into it
+# (`make venv`: cvmtl with the dev extras).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,9 +9,16 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: venv test test-all demo lint format clean
 
-$(VENV)/.installed: setup.py pyproject.toml constraints.txt
+# Two stamps: the demo needs only cvmtl's own dependencies; tests and lint add the dev extras
+# (test references such as pyedgeeval, a C++ build, smp and onnx) on top, so a fresh `make demo`
+# does not wait for them.
+$(VENV)/.installed-runtime: setup.py pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-runtime
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
@@ -24,7 +32,7 @@ test: venv
 test-all: venv
 	$(PY) -m pytest -m "not gpu" -q
 
-demo: venv
+demo: $(VENV)/.installed-runtime
 	$(PY) tools/demo.py --config configs/synthetic_demo.yaml
 
 lint: venv
