@@ -22,6 +22,8 @@ and anything else (255) unknown; predictions are 1-channel logits ``[B, 1, H, W]
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -127,6 +129,8 @@ def normal_terms(
 
 
 def class_weights(cfg, device: torch.device) -> torch.Tensor | None:
+    """``loss.seg_class_weights`` as a float32 tensor on ``device`` (None when unset); the same
+    tensor on every call with the same values and device. Read-only."""
     weights = cfg.loss.seg_class_weights
     if not weights:
         return None
@@ -134,7 +138,14 @@ def class_weights(cfg, device: torch.device) -> torch.Tensor | None:
         raise ValueError(
             f"loss.seg_class_weights has {len(weights)} values for {cfg.data.num_classes} classes"
         )
-    return torch.tensor(weights, dtype=torch.float32, device=device)
+    return _weight_tensor(tuple(float(w) for w in weights), str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=8)
+def _weight_tensor(values: tuple[float, ...], device: str) -> torch.Tensor:
+    # Built once per process and device: the loss reads it twice per step, and a fresh
+    # host-to-device copy each time would wait for the CUDA stream.
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def binary_valid(target: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:

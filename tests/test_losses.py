@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from tinymtl import NUM_CLASSES, make_batch, tiny_cfg
 
+from cvmtl.loss_terms import class_weights
 from cvmtl.losses import compute_losses
 
 
@@ -83,6 +84,12 @@ def test_seg_class_weights_and_label_smoothing_match_torch():
         ignore_index=255,
         label_smoothing=0.1,
     )
+    torch.testing.assert_close(loss, ref)
+    # the weights' tensor is built once per values and device, and other values get their own
+    assert class_weights(cfg, torch.device("cpu")) is class_weights(cfg, "cpu")
+    other = [2.0, 0.5, 1.0, 1.0]
+    loss = compute_losses(preds, batch, tiny_cfg(seg_class_weights=other))["seg"]
+    ref = F.cross_entropy(preds["seg"], batch["seg"], weight=torch.tensor(other), ignore_index=255)
     torch.testing.assert_close(loss, ref)
     with pytest.raises(ValueError, match="seg_class_weights"):
         compute_losses(preds, batch, tiny_cfg(seg_class_weights=[1.0, 2.0]))
