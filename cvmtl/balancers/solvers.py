@@ -15,7 +15,8 @@ tasks are solved as exactly as unit ones). The enumeration is capped at ``MAX_EN
 - ``nash_newton``: the Nash bargaining solution ``G a = 1/a`` (Navon et al., ICML 2022) by damped
   Newton on the self-concordant potential ``a^T G a / 2 - sum(log a)``.
 - ``fairgrad_newton``: FairGrad's ``G w = w^(-1/alpha)`` (Ban & Ji, ICML 2024; alpha = 1 is the
-  Nash system) by Newton steps in ``log w`` with a branch-free backtracking search.
+  Nash system), or ``(G w)_t = (r_t / w_t)^(1/alpha)`` with task priorities ``r``, by Newton
+  steps in ``log w`` with a branch-free backtracking search.
 """
 
 from __future__ import annotations

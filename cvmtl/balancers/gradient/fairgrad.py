@@ -72,9 +72,8 @@ class FairGrad(ReportsFailures):
             raise ValueError(
                 f"fairgrad: priority for unknown tasks {unknown} (tasks: {self.tasks})"
             )
-        values = [given.get(t, 1.0) for t in self.tasks]
         values = [
-            check_range("fairgrad", f"priority.{t}", v, 1e-12) for t, v in zip(self.tasks, values)
+            check_range("fairgrad", f"priority.{t}", given.get(t, 1.0), 1e-12) for t in self.tasks
         ]
         return torch.tensor(values, dtype=torch.float64)
 
