@@ -146,7 +146,9 @@ def test_match_count_is_one_to_one():
 def test_exact_counts_match_pyedgeeval():
     """Pair counts of our maximum matching vs BSDS's correspondPixels (pyedgeeval), thinning off:
     BSDS's assignment is approximate (sparse outlier edges), so it may find a few pairs fewer,
-    never more."""
+    never more. Its outlier edges come from a generator seeded by the clock (not settable from
+    Python), so one call falls 0-3 pairs short at random: every call is checked to be at most
+    ours, and the best of several calls to be within 1 % of ours."""
     pytest.importorskip("pyEdgeEval")
     from pyEdgeEval.common.binary_label import evaluate_boundaries_threshold
 
@@ -156,14 +158,19 @@ def test_exact_counts_match_pyedgeeval():
     gt[8, 4:40] = gt[4:28, 30] = gt[20, 2:25] = True
     prob = np.clip(np.roll(gt, 1, axis=0) * 0.8 + rng.random(gt.shape) * 0.4, 0, 0.99)
     for max_dist in (0.0075, 0.011, 0.03):
-        ref = np.stack(
-            evaluate_boundaries_threshold(thresholds, prob, gt, max_dist, apply_thinning=False)
-        )
         ours = exact_counts(
             prob, gt, np.ones_like(gt), thresholds, max_dist * np.hypot(32, 48), False
         )
-        assert (ours[[1, 3]] == ref[[1, 3]]).all()
-        assert (ours[0] >= ref[0]).all() and (ours[0] - ref[0]).sum() <= 0.01 * ref[0].sum()
+        draws = []
+        for _ in range(5):
+            ref = np.stack(
+                evaluate_boundaries_threshold(thresholds, prob, gt, max_dist, apply_thinning=False)
+            )
+            assert (ours[[1, 3]] == ref[[1, 3]]).all()
+            assert (ours[0] >= ref[0]).all()
+            draws.append(ref[0])
+        best = np.max(draws, axis=0)
+        assert (ours[0] - best).sum() <= 0.01 * best.sum()
 
 
 def test_maximum_matching_size_vs_hopcroft_karp():
